@@ -1,0 +1,1 @@
+"""aapt_jax: Autoregressive Adversarial Post-Training of video diffusion transformers in JAX."""

@@ -1,0 +1,75 @@
+"""Reading PyTorch-side weights safely (safetensors only, nothing executed) and checking keys.
+
+Shared by every importer: a diffusers model directory (``config.json`` plus one or more
+``*.safetensors`` shards), a single ``.safetensors`` file, or an in-memory state dict of
+numpy arrays / torch tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+import numpy as np
+
+
+def _to_numpy(value) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):  # a torch tensor; bf16 has no numpy dtype, so go via fp32
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def load_state_dict(source) -> dict[str, np.ndarray]:
+    """A flat ``{key: numpy array}`` from a directory, a ``.safetensors`` file or a mapping."""
+    if isinstance(source, Mapping):
+        return {k: _to_numpy(v) for k, v in source.items()}
+    from safetensors.numpy import load_file
+
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        shards = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+        if not shards:
+            raise ValueError(f"{path}: no *.safetensors files in this directory")
+        out: dict[str, np.ndarray] = {}
+        for shard in shards:
+            out.update(load_file(os.path.join(path, shard)))
+        return out
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such file or directory")
+    if not path.endswith(".safetensors"):
+        raise ValueError(f"{path}: expected a .safetensors file or a diffusers model directory")
+    return dict(load_file(path))
+
+
+def load_config(source) -> dict | None:
+    """The diffusers ``config.json`` beside the weights, if ``source`` is a directory."""
+    if isinstance(source, Mapping):
+        return None
+    path = os.path.join(os.fspath(source), "config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    return None
+
+
+def check_keys(expected: Mapping[str, tuple], state: Mapping[str, np.ndarray], what: str) -> None:
+    """Raise one ValueError listing every missing, unexpected and mis-shaped key."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(
+        f"{k}: expected {tuple(expected[k])}, got {tuple(state[k].shape)}"
+        for k in set(expected) & set(state)
+        if tuple(expected[k]) != tuple(state[k].shape)
+    )
+    if missing or unexpected or misshaped:
+        parts = []
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                parts.append(f"{len(items)} {title} key(s):\n  " + "\n  ".join(items))
+        raise ValueError(f"{what}: state dict does not match the model.\n" + "\n".join(parts))

@@ -1,0 +1,121 @@
+"""One attention API, several implementations.
+
+Every attention in the model goes through the functions here; ``impl`` picks the
+implementation and all of them compute the same numbers within tolerance:
+
+* ``xla``: plain jnp with a dense mask from :func:`aapt_jax.model.window.frame_visible`;
+  always available, the reference for the others.
+* ``cudnn``: ``jax.nn.dot_product_attention(implementation='cudnn')`` with the same mask
+  (GPU only).
+* ``pallas``: the block-sparse kernels in ``kernels/`` (registered there).
+* ``auto``: ``pallas`` where a kernel supports the call, else ``xla``, chosen explicitly.
+
+Shapes: queries ``[B, Lq, H, D]``, keys and values ``[B, Lk, Hkv, D]`` with ``H % Hkv == 0``.
+Frame ids give the latent-frame index of every token (``-1`` for an empty cache slot).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from aapt_jax.model.window import frame_visible
+
+IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "auto")
+
+# Kernels register themselves here: name -> callable
+#   fn(q, k, v, q_frames, k_frames, *, window, tokens_per_frame, layout, strict) -> out | None
+# returning None (only when strict=False) for a call outside what the kernel supports, and
+# raising ValueError naming the constraint when strict=True.
+LAYOUTS = ("parallel", "decode", None)
+_KERNELS: dict[str, Callable] = {}
+
+
+def register_kernel(name: str, fn: Callable) -> None:
+    _KERNELS[name] = fn
+
+
+def check_impl(impl: str) -> None:
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"attention_impl: expected one of {IMPLEMENTATIONS}, got {impl!r}")
+
+
+def _repeat_kv(k, num_heads):
+    groups = num_heads // k.shape[2]
+    return k if groups == 1 else jnp.repeat(k, groups, axis=2)
+
+
+def _xla_attention(q, k, v, mask):
+    """Reference attention; softmax in fp32. mask: bool ``[Lq, Lk]`` or None."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    k = _repeat_kv(k, q.shape[2])
+    v = _repeat_kv(v, q.shape[2])
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        logits = jnp.where(mask, logits, -jnp.inf)
+    probs = jax.nn.softmax(logits, axis=-1)
+    # A query row with no visible key (never produced by the AAPT rule) would give NaN.
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.astype(q.dtype)
+
+
+def _cudnn_attention(q, k, v, mask):
+    k = _repeat_kv(k, q.shape[2])
+    v = _repeat_kv(v, q.shape[2])
+    m = None if mask is None else mask[None, None]
+    return jax.nn.dot_product_attention(q, k, v, mask=m, implementation="cudnn")
+
+
+def attention(q, k, v, q_frames, k_frames, *, window: int | None, impl: str = "xla",
+              tokens_per_frame: int | None = None, layout: str | None = None):
+    """Attention under the AAPT frame rule.
+
+    Args:
+      q: ``[B, Lq, H, D]``; k, v: ``[B, Lk, Hkv, D]``.
+      q_frames: int ``[Lq]``; k_frames: int ``[Lk]`` (``-1`` = empty slot).
+      window: see :mod:`aapt_jax.model.window`; ``None`` = bidirectional.
+      impl: one of :data:`IMPLEMENTATIONS`.
+      tokens_per_frame: tokens of one latent frame; kernels use it for their loop bounds.
+      layout: static promise about the frame ids, for kernels (the xla path ignores it):
+        ``"parallel"``: q and k both hold frames ``0..T-1`` contiguously (training, prefill);
+        ``"decode"``: q is one frame, k is ``[sink | ring slots | current]`` frames of
+        ``tokens_per_frame`` tokens each, with traced ids (``-1`` = empty slot);
+        ``None``: anything else (only ``xla``/``cudnn``).
+
+    Returns:
+      ``[B, Lq, H, D]`` in q's dtype.
+    """
+    check_impl(impl)
+    if impl in ("pallas", "auto"):
+        kernel = _KERNELS.get("pallas")
+        if kernel is None:
+            if impl == "pallas":
+                raise ValueError("attention_impl='pallas': no Pallas kernel is registered "
+                                 "(import kernels.block_causal_attention)")
+        else:
+            out = kernel(q, k, v, q_frames, k_frames, window=window,
+                         tokens_per_frame=tokens_per_frame, layout=layout,
+                         strict=(impl == "pallas"))
+            if out is not None:
+                return out
+    mask = frame_visible(q_frames, k_frames, window)
+    if impl == "cudnn":
+        return _cudnn_attention(q, k, v, mask)
+    return _xla_attention(q, k, v, mask)
+
+
+def full_attention(q, k, v, *, impl: str = "xla"):
+    """Unmasked attention (cross-attention to text). q ``[B, Lq, H, D]``, k/v ``[B, Lk, H, D]``."""
+    check_impl(impl)
+    if impl == "cudnn":
+        return _cudnn_attention(q, k, v, None)
+    return _xla_attention(q, k, v, None)
+
+
+def frame_ids(num_frames: int, tokens_per_frame: int, first_frame: int = 0):
+    """Frame id of every token of ``num_frames`` contiguous frames: int32 ``[num_frames * S]``."""
+    return jnp.repeat(jnp.arange(first_frame, first_frame + num_frames, dtype=jnp.int32),
+                      tokens_per_frame)
