@@ -1,0 +1,215 @@
+"""Diffusers ``WanTransformer3DModel`` weights <-> our :class:`~aapt_jax.model.dit.WanDiT`.
+
+The key map is data: one row per parameter, ``(diffusers key, our path, hook)``, where a
+hook says how a tensor is laid out on each side. The same table drives import, export
+and the key check, so the two directions cannot drift apart.
+
+Converting a base (bidirectional) checkpoint into the AAPT generator: the base
+``patch_embedding`` covers only the noise channels; the recycled-frame and control
+channels are new. They keep a random initialisation (paper App. G: random, not zero, makes
+the model adapt to new inputs faster) unless ``new_channels='zero'``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+
+from aapt_jax.io.safetensors_io import check_keys, load_config, load_state_dict
+from aapt_jax.model.config import DiTConfig
+from aapt_jax.model.dit import WanDiT
+
+# Hooks: how a tensor is stored in diffusers relative to ours.
+LINEAR = "linear"        # torch [out, in]  <-> ours [in, out]
+PATCH_CONV = "patch"     # torch Conv3d [dim, C, pt, ph, pw] <-> ours [pt*ph*pw*C, dim]
+SAME = "same"
+
+_TOP_LEVEL = [
+    ("condition_embedder.time_embedder.linear_1", "time_linear_1"),
+    ("condition_embedder.time_embedder.linear_2", "time_linear_2"),
+    ("condition_embedder.time_proj", "time_proj"),
+    ("condition_embedder.text_embedder.linear_1", "text_linear_1"),
+    ("condition_embedder.text_embedder.linear_2", "text_linear_2"),
+    ("proj_out", "proj_out"),
+]
+_BLOCK_LINEARS = [
+    ("attn1.to_q", "attn1.to_q"), ("attn1.to_k", "attn1.to_k"), ("attn1.to_v", "attn1.to_v"),
+    ("attn1.to_out.0", "attn1.to_out"),
+    ("attn2.to_q", "attn2.to_q"), ("attn2.to_k", "attn2.to_k"), ("attn2.to_v", "attn2.to_v"),
+    ("attn2.to_out.0", "attn2.to_out"),
+    ("ffn.net.0.proj", "ffn.proj_in"), ("ffn.net.2", "ffn.proj_out"),
+]
+_BLOCK_VECTORS = ["attn1.norm_q.weight", "attn1.norm_k.weight", "attn2.norm_q.weight",
+                  "attn2.norm_k.weight", "scale_shift_table"]
+
+
+def key_map(cfg: DiTConfig) -> list[tuple[str, str, str]]:
+    """``[(diffusers key, our dotted path, hook)]`` for every parameter of ``cfg``."""
+    rows = [("patch_embedding.weight", "patch_embedding.kernel", PATCH_CONV),
+            ("patch_embedding.bias", "patch_embedding.bias", SAME),
+            ("scale_shift_table", "scale_shift_table", SAME)]
+    for theirs, ours in _TOP_LEVEL:
+        rows += [(f"{theirs}.weight", f"{ours}.kernel", LINEAR), (f"{theirs}.bias", f"{ours}.bias", SAME)]
+    for i in range(cfg.num_layers):
+        for theirs, ours in _BLOCK_LINEARS:
+            rows += [(f"blocks.{i}.{theirs}.weight", f"blocks.{i}.{ours}.kernel", LINEAR),
+                     (f"blocks.{i}.{theirs}.bias", f"blocks.{i}.{ours}.bias", SAME)]
+        rows += [(f"blocks.{i}.{name}", f"blocks.{i}.{name}", SAME) for name in _BLOCK_VECTORS]
+        if cfg.cross_attn_norm:
+            rows += [(f"blocks.{i}.norm2.weight", f"blocks.{i}.norm2.weight", SAME),
+                     (f"blocks.{i}.norm2.bias", f"blocks.{i}.norm2.bias", SAME)]
+    return rows
+
+
+def _to_ours(hook, x, cfg: DiTConfig):
+    if hook == LINEAR:
+        return x.T
+    if hook == PATCH_CONV:
+        return x.transpose(2, 3, 4, 1, 0).reshape(-1, x.shape[0])
+    return x
+
+
+def _to_theirs(hook, x, cfg: DiTConfig):
+    if hook == LINEAR:
+        return x.T
+    if hook == PATCH_CONV:
+        pt, ph, pw = cfg.patch_size
+        return x.reshape(pt, ph, pw, -1, x.shape[-1]).transpose(4, 3, 0, 1, 2)
+    return x
+
+
+def _torch_shape(hook, shape, cfg: DiTConfig, in_channels: int):
+    if hook == LINEAR:
+        return tuple(reversed(shape))
+    if hook == PATCH_CONV:
+        return (shape[-1], in_channels, *cfg.patch_size)
+    return tuple(shape)
+
+
+def config_from_diffusers(hf: Mapping[str, Any], **overrides) -> DiTConfig:
+    """Our config for a diffusers ``config.json`` (text-to-video Wan2.1 models)."""
+    if hf.get("image_dim") is not None or hf.get("added_kv_proj_dim") is not None:
+        raise ValueError("config.json: image_dim/added_kv_proj_dim are set (Wan I2V with a CLIP "
+                         "image branch); expected a text-to-video transformer")
+    if hf.get("qk_norm", "rms_norm_across_heads") != "rms_norm_across_heads":
+        raise ValueError(f"config.json qk_norm: expected 'rms_norm_across_heads', got {hf['qk_norm']!r}")
+    out_ch = hf.get("out_channels") or hf.get("in_channels", 16)
+    if hf.get("in_channels", 16) != out_ch:
+        raise ValueError(f"config.json in_channels: expected out_channels ({out_ch}) for a base T2V "
+                         f"model, got {hf.get('in_channels')}")
+    fields = dict(
+        num_layers=hf.get("num_layers", 40), num_heads=hf.get("num_attention_heads", 40),
+        head_dim=hf.get("attention_head_dim", 128), ffn_dim=hf.get("ffn_dim", 13824),
+        latent_channels=out_ch, patch_size=tuple(hf.get("patch_size", (1, 2, 2))),
+        text_dim=hf.get("text_dim", 4096), freq_dim=hf.get("freq_dim", 256), eps=hf.get("eps", 1e-6),
+        cross_attn_norm=hf.get("cross_attn_norm", True),
+    )
+    fields.update(overrides)
+    return DiTConfig(**fields)
+
+
+def _flat(pure: Mapping, prefix="") -> dict[str, Any]:
+    out = {}
+    for k, v in pure.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat(v, path + "."))
+        else:
+            out[path] = v
+    return out
+
+
+def _unflat(flat: Mapping[str, Any]) -> dict:
+    out: dict = {}
+    for path, v in flat.items():
+        node = out
+        parts = [int(p) if p.isdigit() else p for p in path.split(".")]
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return out
+
+
+def abstract_params(cfg: DiTConfig) -> nnx.State:
+    """Parameter shapes of ``cfg`` without allocating anything."""
+    return nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))[1]
+
+
+def load_wan_transformer(source, cfg: DiTConfig | None = None, *, new_channels: str = "random",
+                         seed: int = 0):
+    """Load a diffusers Wan transformer into our params.
+
+    Args:
+      source: a diffusers model directory (``config.json`` + ``*.safetensors`` shards), a
+        ``.safetensors`` file, or a state dict of numpy arrays / torch tensors.
+      cfg: our config; default: derived from ``config.json`` (base, bidirectional). A causal
+        AAPT config loads a base checkpoint by widening the patch embedding (see module doc).
+      new_channels: ``'random'`` or ``'zero'`` init of input channels the checkpoint lacks.
+      seed: for the random init of new channels.
+    Returns:
+      ``(cfg, graphdef, params)``; params are host numpy-backed jax arrays in cfg.param_dtype.
+    """
+    if new_channels not in ("random", "zero"):
+        raise ValueError(f"new_channels: expected 'random' or 'zero', got {new_channels!r}")
+    state = load_state_dict(source)
+    if cfg is None:
+        hf = load_config(source)
+        if hf is None:
+            raise ValueError("cfg: required when loading a state dict or file without config.json")
+        cfg = config_from_diffusers(hf)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(seed))))
+    ours_shapes = {p: tuple(v.shape) for p, v in _flat(nnx.to_pure_dict(abstract)).items()}
+    rows = key_map(cfg)
+
+    base_in = cfg.in_channels
+    patch_w = state.get("patch_embedding.weight")
+    if patch_w is not None and patch_w.ndim == 5 and patch_w.shape[1] == cfg.latent_channels < cfg.in_channels:
+        base_in = cfg.latent_channels  # a base checkpoint: widen below
+    expected = {theirs: _torch_shape(hook, ours_shapes[ours], cfg, base_in) for theirs, ours, hook in rows}
+    unused_ok = {k for k in state if k.startswith("rope.")}  # buffers some exporters keep
+    check_keys(expected, {k: v for k, v in state.items() if k not in unused_ok}, f"Wan transformer from {source if not isinstance(source, Mapping) else 'state dict'}")
+
+    dtype = np.dtype(jax.numpy.dtype(cfg.param_dtype))
+    flat = {}
+    for theirs, ours, hook in rows:
+        flat[ours] = _to_ours(hook, np.asarray(state[theirs], np.float32), cfg)
+    if base_in != cfg.in_channels:
+        flat["patch_embedding.kernel"] = _widen_patch_kernel(flat["patch_embedding.kernel"], cfg, base_in,
+                                                             new_channels, seed)
+    params = abstract
+    nnx.replace_by_pure_dict(params, _unflat({k: jax.numpy.asarray(v.astype(dtype)) for k, v in flat.items()}))
+    return cfg, graphdef, params
+
+
+def _widen_patch_kernel(base_kernel, cfg: DiTConfig, base_in: int, new_channels: str, seed: int):
+    """``[P*base_in, dim]`` -> ``[P*in_channels, dim]``: base weights on the noise channels,
+    the new channels random (fan-in scaled like a fresh layer) or zero."""
+    P = math.prod(cfg.patch_size)
+    dim = base_kernel.shape[-1]
+    full = np.zeros((P, cfg.in_channels, dim), np.float32)
+    if new_channels == "random":
+        rng = np.random.default_rng(seed)
+        full[:] = rng.standard_normal(full.shape).astype(np.float32) / math.sqrt(P * cfg.in_channels)
+    full[:, :base_in] = base_kernel.reshape(P, base_in, dim)
+    return full.reshape(P * cfg.in_channels, dim)
+
+
+def to_diffusers_state_dict(cfg: DiTConfig, params: nnx.State) -> dict[str, np.ndarray]:
+    """Our params as a diffusers-layout state dict of fp32 numpy arrays."""
+    flat = _flat(nnx.to_pure_dict(params))
+    return {theirs: np.ascontiguousarray(_to_theirs(hook, np.asarray(flat[ours], np.float32), cfg))
+            for theirs, ours, hook in key_map(cfg)}
+
+
+def diffusers_config(cfg: DiTConfig) -> dict[str, Any]:
+    """The diffusers ``config.json`` fields for ``cfg`` (in_channels includes AAPT inputs)."""
+    return dict(_class_name="WanTransformer3DModel", patch_size=list(cfg.patch_size),
+                num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
+                in_channels=cfg.in_channels, out_channels=cfg.latent_channels, text_dim=cfg.text_dim,
+                freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
+                cross_attn_norm=cfg.cross_attn_norm, qk_norm="rms_norm_across_heads", eps=cfg.eps,
+                image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024)

@@ -1,0 +1,169 @@
+"""Jitted streaming generation: ``init`` once, then one ``step`` per latent frame.
+
+    sampler = StreamingSampler(cfg, graphdef)
+    state = sampler.init(params, first_frame, text)            # [B,1,h,w,C], [B,Lt,text_dim]
+    state, frame = sampler.step(params, state, control, key)   # one forward pass, 1 NFE
+    state, frames = sampler.rollout(params, state, controls, key, num_frames=K)  # lax.scan
+
+The generator is one-step: at position ``p`` it sees pure noise ``eps`` (t = 1000), the
+recycled frame ``p`` and the control of frame ``p+1``, predicts ``v = eps - x0`` and returns
+``x0 = eps - v``. The KV cache (sink + ring buffer, see :mod:`aapt_jax.model.kv_cache`)
+keeps every step the same cost and memory however long the video runs. All functions are
+pure; gradients flow through the cache (the student-forcing stage differentiates
+:func:`generate_frame` under ``lax.scan``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from aapt_jax.model import kv_cache as kvc
+from aapt_jax.model.config import DiTConfig
+from aapt_jax.model.dit import WanDiT
+
+
+@struct.dataclass
+class StreamState:
+    """Everything a stream carries between steps.
+
+    cache: :class:`KVCache`; prev_frame: ``[B, 1, h, w, C]`` the frame to recycle;
+    position: int32 scalar, index of the frame the next step's forward pass occupies.
+    """
+
+    cache: kvc.KVCache
+    prev_frame: jax.Array
+    position: jax.Array
+
+
+def check_inputs(cfg: DiTConfig, first_frame, text, cache_frames: int | None = None):
+    """Shape checks before tracing; each failure names the field, expected and given."""
+    if not cfg.causal:
+        raise ValueError("model.causal: expected True for streaming (a base model has no KV-cache "
+                         "semantics), got False")
+    shape = tuple(first_frame.shape)
+    if len(shape) != 5 or shape[1] != 1 or shape[-1] != cfg.latent_channels:
+        raise ValueError(f"first_frame: expected [B, 1, h, w, {cfg.latent_channels}], got {list(shape)}")
+    _, _, h, w, _ = shape
+    ph, pw = cfg.patch_size[1:]
+    if h % ph or w % pw:
+        raise ValueError(f"first_frame: latent height/width must be multiples of the patch size "
+                         f"{(ph, pw)}, got {(h, w)}")
+    if len(text.shape) != 3 or text.shape[0] != shape[0] or text.shape[-1] != cfg.text_dim:
+        raise ValueError(f"text: expected [{shape[0]}, Lt, {cfg.text_dim}], got {list(text.shape)}")
+    if cache_frames is not None and cache_frames < cfg.window:
+        raise ValueError(f"cache_frames: expected >= model.window ({cfg.window}), got {cache_frames}")
+
+
+def check_control(cfg: DiTConfig, control, batch, h, w, frames=None):
+    if cfg.control_channels == 0:
+        if control is not None:
+            raise ValueError(f"control: the model takes no control (control_channels=0), got shape "
+                             f"{list(control.shape)}")
+        return
+    expected = [batch, 1 if frames is None else frames, h, w, cfg.control_channels]
+    if control is None or list(control.shape) != expected:
+        raise ValueError(f"control: expected {expected}, got {None if control is None else list(control.shape)}")
+
+
+def init_state(model: WanDiT, first_frame, text, cache_frames: int | None = None) -> StreamState:
+    """Empty cache with the text keys/values prefilled; ``first_frame`` waits to be recycled."""
+    cfg = model.cfg
+    B, _, h, w, _ = first_frame.shape
+    text_k, text_v = model.text_kv(text)
+    S = (h // cfg.patch_size[1]) * (w // cfg.patch_size[2])
+    cache = kvc.empty_cache(cfg.num_layers, B, cache_frames or cfg.window, S, cfg.num_heads, cfg.head_dim,
+                            text_k, text_v, jnp.dtype(cfg.dtype))
+    return StreamState(cache=cache, prev_frame=first_frame, position=jnp.zeros((), jnp.int32))
+
+
+def generate_frame(model: WanDiT, state: StreamState, noise, control=None, *, sigma: float = 1.0,
+                   detach_recycled: bool = False):
+    """One forward pass: the next latent frame from ``noise`` ``[B,1,h,w,C]`` at ``sigma``.
+
+    ``detach_recycled`` stops the gradient through the recycled input (student forcing);
+    the gradient through the KV cache is kept either way.
+    Returns (new state, frame ``[B, 1, h, w, C]``).
+    """
+    B = noise.shape[0]
+    t = jnp.full((B,), 1000.0 * sigma, jnp.float32)
+    recycled = jax.lax.stop_gradient(state.prev_frame) if detach_recycled else state.prev_frame
+    cache, v = model.cached_forward(state.cache, state.position, noise, t, recycled=recycled, control=control)
+    frame = (noise.astype(jnp.float32) - sigma * v.astype(jnp.float32)).astype(noise.dtype)
+    return StreamState(cache=cache, prev_frame=frame, position=state.position + 1), frame
+
+
+def rollout_frames(model: WanDiT, state: StreamState, noise, controls=None, *, detach_recycled=False):
+    """``K`` generated frames under ``lax.scan``.
+
+    Args:
+      noise: ``[B, K, h, w, C]``, one standard normal draw per frame.
+      controls: ``[B, K, h, w, Cc]`` (control of each generated frame) or None.
+    Returns:
+      (state, frames ``[B, K, h, w, C]``).
+    """
+
+    def body(st, xs):
+        eps, control = xs
+        st, frame = generate_frame(model, st, eps[:, None], None if control is None else control[:, None],
+                                   detach_recycled=detach_recycled)
+        return st, frame[:, 0]
+
+    xs = (jnp.moveaxis(noise, 1, 0), None if controls is None else jnp.moveaxis(controls, 1, 0))
+    state, frames = jax.lax.scan(body, state, xs)
+    return state, jnp.moveaxis(frames, 0, 1)
+
+
+def rollout_noise(key, state: StreamState, num_frames: int):
+    """The noise :meth:`StreamingSampler.rollout` draws: ``[B, K, h, w, C]``."""
+    B, _, h, w, C = state.prev_frame.shape
+    return jax.random.normal(key, (B, num_frames, h, w, C), state.prev_frame.dtype)
+
+
+class StreamingSampler:
+    """Jitted ``init``/``step``/``rollout`` for one model graph (see module docstring)."""
+
+    def __init__(self, cfg: DiTConfig, graphdef: nnx.GraphDef, cache_frames: int | None = None):
+        self.cfg = cfg
+        self.graphdef = graphdef
+        self.cache_frames = cache_frames
+        self._init = jax.jit(self._init_impl)
+        self._step = jax.jit(self._step_impl, donate_argnums=(1,))
+        self._rollout = jax.jit(self._rollout_impl, static_argnames=("num_frames",))
+
+    def _model(self, params) -> WanDiT:
+        return nnx.merge(self.graphdef, params)
+
+    def _init_impl(self, params, first_frame, text):
+        return init_state(self._model(params), first_frame, text, self.cache_frames)
+
+    def _step_impl(self, params, state, control, key):
+        noise = jax.random.normal(key, state.prev_frame.shape, state.prev_frame.dtype)
+        return generate_frame(self._model(params), state, noise, control)
+
+    def _rollout_impl(self, params, state, controls, key, num_frames):
+        return rollout_frames(self._model(params), state, rollout_noise(key, state, num_frames), controls)
+
+    def init(self, params, first_frame, text) -> StreamState:
+        """first_frame ``[B, 1, h, w, C]`` latent; text ``[B, Lt, text_dim]``."""
+        check_inputs(self.cfg, first_frame, text, self.cache_frames)
+        return self._init(params, first_frame, text)
+
+    def step(self, params, state: StreamState, control, key):
+        """control ``[B, 1, h, w, Cc]`` (None without controls) -> (state, frame ``[B,1,h,w,C]``).
+
+        The state is donated: do not reuse the state passed in.
+        """
+        B, _, h, w, _ = state.prev_frame.shape
+        check_control(self.cfg, control, B, h, w)
+        return self._step(params, state, control, key)
+
+    def rollout(self, params, state: StreamState, controls, key, num_frames: int):
+        """``num_frames`` steps in one ``lax.scan``; controls ``[B, K, h, w, Cc]`` or None.
+
+        Returns (state, frames ``[B, K, h, w, C]``).
+        """
+        B, _, h, w, _ = state.prev_frame.shape
+        check_control(self.cfg, controls, B, h, w, frames=num_frames)
+        return self._rollout(params, state, controls, key, num_frames=num_frames)
