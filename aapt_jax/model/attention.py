@@ -16,6 +16,7 @@ Frame ids give the latent-frame index of every token (``-1`` for an empty cache 
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Callable
 
@@ -48,7 +49,7 @@ def _repeat_kv(k, num_heads):
     return k if groups == 1 else jnp.repeat(k, groups, axis=2)
 
 
-def _xla_attention(q, k, v, mask):
+def xla_attention(q, k, v, mask):
     """Reference attention; softmax in fp32. mask: bool ``[Lq, Lk]`` or None."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     k = _repeat_kv(k, q.shape[2])
@@ -90,11 +91,12 @@ def attention(q, k, v, q_frames, k_frames, *, window: int | None, impl: str = "x
     """
     check_impl(impl)
     if impl in ("pallas", "auto"):
+        if "pallas" not in _KERNELS:
+            importlib.import_module("kernels")  # registers itself
         kernel = _KERNELS.get("pallas")
         if kernel is None:
             if impl == "pallas":
-                raise ValueError("attention_impl='pallas': no Pallas kernel is registered "
-                                 "(import kernels.block_causal_attention)")
+                raise ValueError("attention_impl='pallas': no Pallas kernel is registered by `kernels`")
         else:
             out = kernel(q, k, v, q_frames, k_frames, window=window,
                          tokens_per_frame=tokens_per_frame, layout=layout,
@@ -104,7 +106,7 @@ def attention(q, k, v, q_frames, k_frames, *, window: int | None, impl: str = "x
     mask = frame_visible(q_frames, k_frames, window)
     if impl == "cudnn":
         return _cudnn_attention(q, k, v, mask)
-    return _xla_attention(q, k, v, mask)
+    return xla_attention(q, k, v, mask)
 
 
 def full_attention(q, k, v, *, impl: str = "xla"):
@@ -112,7 +114,7 @@ def full_attention(q, k, v, *, impl: str = "xla"):
     check_impl(impl)
     if impl == "cudnn":
         return _cudnn_attention(q, k, v, None)
-    return _xla_attention(q, k, v, None)
+    return xla_attention(q, k, v, None)
 
 
 def frame_ids(num_frames: int, tokens_per_frame: int, first_frame: int = 0):

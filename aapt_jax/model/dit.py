@@ -194,7 +194,33 @@ class WanDiT(nnx.Module):
         y = y.reshape(B, Tp, H // ph, W // pw, pt, ph, pw, C).transpose(0, 1, 4, 2, 5, 3, 6, 7)
         return y.reshape(B, Tp * pt, H, W, C)
 
+    def check_inputs(self, x_t, recycled, control, t=None):
+        """Shape checks (static shapes, so they run before any compile)."""
+        cfg = self.cfg
+        shape = tuple(x_t.shape)
+        if len(shape) != 5 or shape[-1] != cfg.latent_channels:
+            raise ValueError(f"x_t: expected [B, T, H, W, {cfg.latent_channels}], got {list(shape)}")
+        pt, ph, pw = cfg.patch_size
+        if shape[1] % pt or shape[2] % ph or shape[3] % pw:
+            raise ValueError(f"x_t: frames/height/width {shape[1:4]} must be multiples of the patch size "
+                             f"{cfg.patch_size}")
+        if cfg.causal and cfg.recycle_input:
+            if recycled is None or tuple(recycled.shape) != shape:
+                raise ValueError(f"recycled: expected {list(shape)}, got "
+                                 f"{None if recycled is None else list(recycled.shape)}")
+        if cfg.control_channels:
+            expected = list(shape[:4]) + [cfg.control_channels]
+            if control is None or list(control.shape) != expected:
+                raise ValueError(f"control: expected {expected}, got "
+                                 f"{None if control is None else list(control.shape)}")
+        elif control is not None:
+            raise ValueError(f"control: the model has control_channels=0, got shape {list(control.shape)}")
+        if t is not None and jnp.ndim(t) == 2 and (jnp.shape(t)[1] != shape[1] or pt != 1):
+            raise ValueError(f"t: per-frame timesteps need shape [B, {shape[1]}] and temporal patch 1, "
+                             f"got {list(jnp.shape(t))}")
+
     def _input_tokens(self, x_t, recycled, control):
+        self.check_inputs(x_t, recycled, control)
         parts = [x_t]
         if self.cfg.causal and self.cfg.recycle_input:
             parts.append(recycled)
@@ -230,6 +256,7 @@ class WanDiT(nnx.Module):
           velocity ``[B, T, H, W, C]``.
         """
         cfg = self.cfg
+        self.check_inputs(x_t, recycled, control, t)
         B, T, H, W, _ = x_t.shape
         x = self._input_tokens(x_t, recycled, control)
         Tp, S = x.shape[1], x.shape[2]

@@ -1,0 +1,79 @@
+"""init/step on a mesh of 8 virtual CPU devices give the frames of one device."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from aapt_jax.parallel.mesh import make_mesh
+
+SCRIPT = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np
+from aapt_jax.model.config import DiTConfig
+from aapt_jax.model.dit import create
+from aapt_jax.parallel.mesh import make_mesh
+from aapt_jax.parallel.sharding import array_sharding, shard_params, use_mesh
+from aapt_jax.sample.streaming import StreamingSampler
+
+assert jax.device_count() == 8, jax.devices()
+cfg = DiTConfig(num_layers=2, num_heads=4, head_dim=12, ffn_dim=64, latent_channels=4, text_dim=16,
+                causal=True, window=3, control_channels=2, latent_height=4, latent_width=4)
+graphdef, params = create(cfg, seed=0)
+B = 8
+first = jax.random.normal(jax.random.key(1), (B, 1, 4, 4, 4))
+text = jax.random.normal(jax.random.key(2), (B, 5, 16))
+ctrl = jax.random.normal(jax.random.key(3), (B, 6, 4, 4, 2))
+keys = jax.random.split(jax.random.key(4), 6)
+
+def stream(params, first, text, ctrl):
+    sampler = StreamingSampler(cfg, graphdef)
+    state = sampler.init(params, first, text)
+    out = []
+    for i in range(6):
+        state, f = sampler.step(params, state, ctrl[:, i:i + 1], keys[i])
+        out.append(f)
+    return state, jnp.concatenate(out, 1)
+
+_, ref = stream(jax.device_put(params, jax.devices()[0]), first, text, ctrl)
+
+mesh = make_mesh(data=2, fsdp=4)
+with use_mesh(mesh):
+    p = shard_params(params, mesh)
+    batch = lambda x: jax.device_put(x, array_sharding(x.shape, ("batch",) + (None,) * (x.ndim - 1), mesh))
+    state, out = stream(p, batch(first), batch(text), batch(ctrl))
+
+kernel = p["blocks"][0]["ffn"]["proj_in"]["kernel"][...]
+print(json.dumps(dict(
+    max_abs_diff=float(np.abs(np.asarray(out) - np.asarray(ref)).max()), scale=float(np.abs(np.asarray(ref)).max()),
+    kernel_spec=str(kernel.sharding.spec), kernel_devices=len(kernel.sharding.device_set),
+    kernel_shard_shape=list(kernel.sharding.shard_shape(kernel.shape)),
+    out_devices=len(out.sharding.device_set),
+    out_shard_shape=list(out.sharding.shard_shape(out.shape)),
+    cache_shard_shape=list(state.cache.k.sharding.shard_shape(state.cache.k.shape)),
+)))
+"""
+
+
+def test_eight_device_mesh_matches_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["max_abs_diff"] <= 1e-5 * max(1.0, r["scale"]), r
+    # parameters are FSDP-sharded over the 4-way `fsdp` axis (embed dim 48 -> 12 per device)
+    assert "fsdp" in r["kernel_spec"] and r["kernel_shard_shape"][0] == 12, r
+    # the batch of 8 is split over data x fsdp: one sample per device, cache included
+    assert r["out_devices"] == 8 and r["out_shard_shape"][0] == 1, r
+    assert r["cache_shard_shape"][1] == 1, r
+
+
+def test_mesh_bad_sizes_are_named():
+    with pytest.raises(ValueError, match="mesh.fsdp"):
+        make_mesh(data=1, fsdp=0)
+    with pytest.raises(ValueError, match="need 6 devices"):
+        make_mesh(data=2, fsdp=3)
