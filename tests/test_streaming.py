@@ -35,7 +35,7 @@ def _parallel_frames(model, first, text, noise, frames, controls):
     return noise - v
 
 
-@pytest.mark.parametrize("num_frames", [2, 3, 9])  # below, at and above the window N=3
+@pytest.mark.parametrize("num_frames", [2, 9])  # below and above the window N=3
 def test_cached_rollout_equals_parallel_forward(model_and_inputs, num_frames):
     graphdef, params, first, text, controls = model_and_inputs
     sampler = StreamingSampler(CFG, graphdef)

@@ -178,14 +178,14 @@ def load_wan_transformer(source, cfg: DiTConfig | None = None, *, new_channels: 
     for theirs, ours, hook in rows:
         flat[ours] = _to_ours(hook, np.asarray(state[theirs], np.float32), cfg)
     if base_in != cfg.in_channels:
-        flat["patch_embedding.kernel"] = _widen_patch_kernel(flat["patch_embedding.kernel"], cfg, base_in,
+        flat["patch_embedding.kernel"] = widen_patch_kernel(flat["patch_embedding.kernel"], cfg, base_in,
                                                              new_channels, seed)
     params = abstract
     nnx.replace_by_pure_dict(params, _unflat({k: jax.numpy.asarray(v.astype(dtype)) for k, v in flat.items()}))
     return cfg, graphdef, params
 
 
-def _widen_patch_kernel(base_kernel, cfg: DiTConfig, base_in: int, new_channels: str, seed: int):
+def widen_patch_kernel(base_kernel, cfg: DiTConfig, base_in: int, new_channels: str, seed: int):
     """``[P*base_in, dim]`` -> ``[P*in_channels, dim]``: base weights on the noise channels,
     the new channels random (fan-in scaled like a fresh layer) or zero."""
     P = math.prod(cfg.patch_size)
