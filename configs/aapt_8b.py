@@ -18,6 +18,7 @@ def get_config() -> ConfigDict:
     ))
     c.control = ConfigDict(dict(kind="none"))
     c.video = ConfigDict(dict(height=416, width=736, fps=24, vae_spatial=8, vae_temporal=4))
+    c.vae = ConfigDict(dict(preset="wan2.1-light-decoder", checkpoint=""))
     c.sample = ConfigDict(dict(num_frames=360, batch=1, seed=0))
     c.mesh = ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
     return c

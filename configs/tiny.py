@@ -14,6 +14,7 @@ def get_config() -> ConfigDict:
     # fold 1: one ray sample per latent cell and video frame (24 channels); fold 8 is full res.
     c.control = ConfigDict(dict(kind="camera", fold=1, origin_scale=0.05, rotation_scale=0.01))
     c.video = ConfigDict(dict(height=96, width=128, fps=24, vae_spatial=8, vae_temporal=4))
+    c.vae = ConfigDict(dict(preset="tiny", checkpoint=""))
     c.sample = ConfigDict(dict(num_frames=48, batch=1, seed=0))
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, context=1, tensor=1))
     return c

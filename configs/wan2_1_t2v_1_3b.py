@@ -16,6 +16,7 @@ def get_config() -> ConfigDict:
     ))
     c.control = ConfigDict(dict(kind="none"))
     c.video = ConfigDict(dict(height=480, width=832, fps=16, vae_spatial=8, vae_temporal=4))
+    c.vae = ConfigDict(dict(preset="wan2.1", checkpoint=""))
     c.sample = ConfigDict(dict(num_frames=21, batch=1, seed=0))
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, context=1, tensor=1))
     return c

@@ -15,6 +15,7 @@ def atomic_save_npy(path: str, array) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, np.asarray(array))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are for people to open
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

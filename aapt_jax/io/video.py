@@ -140,6 +140,7 @@ def write_mp4(path, frames, fps: float, crf: int = 18) -> None:
                     container.mux(packet)
             for packet in stream.encode(None):
                 container.mux(packet)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a video is for people to open
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

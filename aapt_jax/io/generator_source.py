@@ -1,0 +1,50 @@
+"""Where generator weights come from: a finished training stage's workdir or a diffusers dir."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from aapt_jax.io import checkpoint as ckpt
+from aapt_jax.io.wan_transformer import abstract_params, load_wan_transformer, widen_patch_kernel
+from aapt_jax.model.config import DiTConfig
+
+
+def load_generator(source: str, cfg: DiTConfig, *, stages: tuple[str, ...] | None = None, seed: int = 0,
+                   field: str = "checkpoint"):
+    """Params (a pure dict) of ``cfg`` from ``source``, and the stage that produced them.
+
+    source: a diffusers transformer directory (``config.json`` + safetensors) or the workdir
+      of a finished stage (its ``export/``). A base (bidirectional) checkpoint loaded into a
+      causal ``cfg`` gets its new input channels randomly initialised (paper App. G).
+    stages: stages accepted as the source (None: any).
+    field: the config field or flag named in errors.
+    """
+    if not source:
+        raise ValueError(f"{field}: expected a finished stage's workdir or a diffusers transformer directory, got ''")
+    if not os.path.exists(source):
+        raise ValueError(f"{field}: {source} does not exist")
+    if os.path.isfile(os.path.join(source, "config.json")):
+        _, _, params = load_wan_transformer(source, cfg, seed=seed)
+        return nnx.to_pure_dict(params), "diffusers"
+    info = ckpt.export_info(source)
+    if stages is not None and info.get("stage") not in stages:
+        raise ValueError(f"{field}: {source} holds a {info.get('stage')!r} stage, expected one of {stages}")
+    if "model" not in info:
+        raise ValueError(f"{field}: {source} holds a {info.get('stage')!r} stage, which has no generator")
+    src_cfg = DiTConfig.from_mapping(info["model"])
+    params = ckpt.load_export(source, nnx.to_pure_dict(abstract_params(src_cfg)))
+    if src_cfg.in_channels != cfg.in_channels and not src_cfg.causal:
+        params["patch_embedding"]["kernel"] = jnp.asarray(widen_patch_kernel(
+            np.asarray(params["patch_embedding"]["kernel"]), cfg, src_cfg.in_channels, "random", seed))
+    want = jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(abstract_params(cfg)))
+    got = jax.tree.map(lambda x: x.shape, params)
+    if want != got:
+        raise ValueError(f"{field}: the generator in {source} ({src_cfg.num_layers} layers, dim {src_cfg.dim}, "
+                         f"{src_cfg.in_channels} input channels) does not fit the model config "
+                         f"({cfg.num_layers} layers, dim {cfg.dim}, {cfg.in_channels} input channels)")
+    return params, info["stage"]
