@@ -1,0 +1,126 @@
+"""Orbax checkpoints of a training run: async, the last k kept, written atomically.
+
+A checkpoint step holds ``state`` (a pytree of arrays: step, params, optimizer state, RNG
+key) and ``meta`` (JSON: the data iterator state, the stage, the config). Orbax writes
+each step into a temporary directory and renames it when complete, so a run killed at any
+moment leaves either a whole step or none; steps are never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+class Checkpointer:
+    def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+        if keep < 1:
+            raise ValueError(f"train.keep_checkpoints: expected >= 1, got {keep}")
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                               create=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: Any, meta: dict) -> bool:
+        """Start saving ``step`` (returns at once when async); False if it already exists."""
+        if step in self.steps():
+            return False
+        return self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
+        """Restore ``step`` (default: the latest) into the structure of ``abstract_state``.
+
+        Raises :class:`CheckpointError` naming the path and the other steps on disk when the
+        step is missing, truncated or does not match the model.
+        """
+        steps = self.steps()
+        if step is None:
+            if not steps:
+                raise CheckpointError(f"{self.directory}: no checkpoint steps found")
+            step = steps[-1]
+        path = os.path.join(self.directory, str(step))
+        others = [s for s in steps if s != step]
+        hint = f"; other steps on disk: {others} (restore one with --restore_step)" if others else ""
+        if step not in steps:
+            raise CheckpointError(f"{path}: no such checkpoint step{hint}")
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises many types for bad files; name the path once
+            raise CheckpointError(f"{path}: cannot restore this checkpoint ({type(e).__name__}: "
+                                  f"{str(e)[:300]}){hint}") from e
+        return restored["state"], restored["meta"], step
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def abstract_like(tree):
+    """``ShapeDtypeStruct`` leaves with the same shardings: the target for a restore."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                        tree)
+
+
+EXPORT_DIR = "export"
+
+
+def save_export(workdir: str, params: Any, info: dict) -> str:
+    """Write a stage's final params (``workdir/export/params``) and ``info.json`` atomically.
+
+    The next stage starts from this export; it is written once and never replaced.
+    """
+    import json
+
+    root = os.path.join(os.path.abspath(workdir), EXPORT_DIR)
+    if os.path.exists(os.path.join(root, "info.json")):
+        raise CheckpointError(f"{root}: an export already exists; refusing to overwrite it")
+    os.makedirs(root, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(root, "params"), params, force=True)
+        ckptr.wait_until_finished()
+    tmp = os.path.join(root, "info.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(info, f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(root, "info.json"))  # written last: marks the export complete
+    return root
+
+
+def export_info(workdir: str) -> dict:
+    """The ``info.json`` of a finished stage; a clear error if the stage never finished."""
+    import json
+
+    path = os.path.join(os.path.abspath(workdir), EXPORT_DIR, "info.json")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: not found: {workdir} holds no finished stage to start from "
+                              f"(run that stage to the end first)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_export(workdir: str, abstract_params: Any) -> Any:
+    root = os.path.join(os.path.abspath(workdir), EXPORT_DIR, "params")
+    export_info(workdir)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(root, abstract_params)
+    except Exception as e:
+        raise CheckpointError(f"{root}: cannot restore these params ({type(e).__name__}: {str(e)[:300]})") from e
