@@ -234,7 +234,7 @@ _WAN21 = VAEConfig(base_dim=96, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=
 
 PRESETS: dict[str, VAEConfig] = {
     # 8x spatial and 4x temporal like Wan, at a width a 2-core CPU trains in minutes.
-    "tiny": VAEConfig(base_dim=16, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1,
+    "tiny": VAEConfig(base_dim=8, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1,
                       temporal_downsample=(False, True, True)),
     "wan2.1": _WAN21,
     "wan2.1-light-decoder": light_decoder(_WAN21),

@@ -7,7 +7,8 @@ import numpy as np
 
 def walk_path(num_video_frames: int, video_hw, *, step: float = 0.05, yaw_amplitude: float = 0.6,
               yaw_period: float = 96.0, fov_deg: float = 60.0):
-    """A camera walking forward while swaying its yaw; world y is up, the camera looks along +z.
+    """A camera walking forward while swaying its yaw; world y points down (as the camera's y)
+    and the camera looks along +z.
 
     Returns:
       intrinsics ``[1, T, 4]`` (fx, fy, cx, cy in pixels) and c2w ``[1, T, 4, 4]``, float32.

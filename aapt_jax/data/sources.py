@@ -1,0 +1,259 @@
+"""Grain sources of training clips and the loader that batches them.
+
+A source is random access (``len``, ``source[i]``) and item ``i`` is a deterministic
+function of the source's seed and ``i``: a dict of numpy arrays for a clip of
+``T = 1 + 4K`` video frames (``K = latent_frames``):
+
+- every source: ``video`` uint8 ``[T, H, W, 3]`` and ``text`` float32 ``[text_len, text_dim]``;
+- ``world`` (:class:`WorldSource`): ``intrinsics`` float32 ``[T, 4]`` and ``c2w`` float32
+  ``[T, 4, 4]``, the exact cameras of the rendered frames;
+- ``pose`` (:class:`PoseSource`): ``keypoints`` float32 ``[T, J, 2]`` (pixel x, y) and
+  ``visibility`` bool ``[T, J]``;
+- ``folder`` (:class:`FolderSource`): nothing more.
+
+The procedural sources' text is zeros, or with ``text_embedding='random'`` one fixed
+random embedding per source (so the text path carries something).
+
+:func:`make_loader` turns a source into a checkpointable grain iterator of batches (the
+same arrays with a leading batch axis); its ``get_state()`` can be saved with a training
+checkpoint and ``set_state()`` resumes the exact batch sequence.
+"""
+
+from __future__ import annotations
+
+import grain
+import numpy as np
+from absl import flags
+
+from aapt_jax.data.pose_figure import pose_clip
+from aapt_jax.data.video_folder import VideoFolder
+from aapt_jax.data.world import make_world, render_path
+from aapt_jax.data.world_camera import random_walk
+from aapt_jax.model.camera import SPATIAL_FACTOR, TEMPORAL_FACTOR
+
+SOURCES = ("world", "pose", "folder")
+TEXT_EMBEDDINGS = ("zeros", "random")
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, keys)]))
+
+
+class _ClipSource:
+    """What every source shares: size, clip length, the per-item generator and the text."""
+
+    def __init__(self, height: int, width: int, latent_frames: int, num_examples: int,
+                 seed: int, text_len: int, text_dim: int, text_embedding: str = "zeros"):
+        self.height, self.width = height, width
+        self.num_frames = 1 + TEMPORAL_FACTOR * latent_frames
+        self.num_examples, self.seed = num_examples, seed
+        if text_embedding == "random":
+            self._text = _rng(seed, 0x7E).standard_normal((text_len, text_dim)).astype(np.float32)
+        else:
+            self._text = np.zeros((text_len, text_dim), np.float32)
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def _item_rng(self, index) -> np.random.Generator:
+        index = int(index)
+        if not 0 <= index < self.num_examples:
+            raise IndexError(f"index {index} out of range for {self.num_examples} examples")
+        return _rng(self.seed, index)
+
+    @property
+    def video_hw(self) -> tuple[int, int]:
+        return self.height, self.width
+
+
+class WorldSource(_ClipSource):
+    """Walks through procedural mazes (:mod:`aapt_jax.data.world`) with exact cameras.
+
+    Item ``i`` picks one of ``num_worlds`` worlds (so places recur across clips, as in a
+    game) and a random walk in it, entered ``0 .. max_warmup_frames`` policy steps after
+    its random start so clips begin in motion as often as from rest.
+    """
+
+    def __init__(self, *args, num_worlds: int = 16, fov_deg: float = 70.0,
+                 max_warmup_frames: int = 48, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.num_worlds, self.fov_deg = num_worlds, fov_deg
+        self.max_warmup_frames = max_warmup_frames
+        self._worlds = {}
+
+    def world(self, world_index: int):
+        """The world number ``world_index`` (``0 .. num_worlds - 1``), built once."""
+        if world_index not in self._worlds:
+            world_seed = np.random.SeedSequence([self.seed, 0xB0, world_index]).generate_state(1)[0]
+            self._worlds[world_index] = make_world(int(world_seed))
+        return self._worlds[world_index]
+
+    def world_of(self, index):
+        """The world that item ``index`` walks through (to re-render any camera path in it,
+        e.g. to compare a generated video with the true one)."""
+        return self.world(int(self._item_rng(index).integers(self.num_worlds)))
+
+    def __getitem__(self, index) -> dict:
+        rng = self._item_rng(index)
+        world = self.world(int(rng.integers(self.num_worlds)))  # the draw world_of repeats
+        path = random_walk(world, self.num_frames, int(rng.integers(2 ** 62)), self.video_hw,
+                           fov_deg=self.fov_deg,
+                           warmup_frames=int(rng.integers(self.max_warmup_frames + 1)))
+        return {"video": render_path(world, path.intrinsics, path.c2w, self.video_hw),
+                "intrinsics": path.intrinsics, "c2w": path.c2w, "text": self._text.copy()}
+
+
+class PoseSource(_ClipSource):
+    """Procedural figures (:mod:`aapt_jax.data.pose_figure`) with exact keypoints; item
+    ``i`` is a new figure, entered at a random time of its motion."""
+
+    def __getitem__(self, index) -> dict:
+        rng = self._item_rng(index)
+        clip = pose_clip(int(rng.integers(2 ** 62)), self.num_frames, self.video_hw,
+                         start_frame=int(rng.integers(10_000)))
+        return {"video": clip.frames, "keypoints": clip.keypoints,
+                "visibility": clip.visibility, "text": self._text.copy()}
+
+
+class FolderSource(_ClipSource):
+    """Clips of the videos in a folder (:class:`aapt_jax.data.video_folder.VideoFolder`).
+
+    Item ``i`` is video ``i mod V`` from a random start frame, so every video is used
+    equally often whatever its length; the text comes from the video's ``.npy`` file.
+    """
+
+    def __init__(self, folder, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.videos = VideoFolder(folder, self.height, self.width, self.num_frames,
+                                  *self._text.shape)
+
+    def __getitem__(self, index) -> dict:
+        rng = self._item_rng(index)
+        video = int(index) % len(self.videos)
+        start = int(rng.integers(self.videos.entries[video].num_frames - self.num_frames + 1))
+        return {"video": self.videos.clip(video, start), "text": self.videos.text(video)}
+
+
+def data_config(**overrides) -> dict:
+    """Default data fields (an ml_collections-friendly dict), updated by ``overrides``.
+
+    Fields: ``source`` ('world', 'pose' or 'folder'), ``height``, ``width`` (video pixels,
+    multiples of 8), ``latent_frames`` (K: clips have 1 + 4K frames), ``num_examples``,
+    ``seed``, ``folder`` (the video folder, for source='folder'), ``text_len``,
+    ``text_dim`` and ``text_embedding`` ('zeros' or 'random', procedural sources).
+    """
+    cfg = {"source": "world", "height": 96, "width": 128, "latent_frames": 4,
+           "num_examples": 4096, "seed": 0, "folder": "", "text_len": 16, "text_dim": 64,
+           "text_embedding": "zeros"}
+    cfg.update(overrides)
+    return cfg
+
+
+def _positive_int(cfg: dict, name: str, multiple: int = 1) -> int:
+    value = cfg[name]
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
+            or value % multiple):
+        what = "a positive int" + (f" divisible by {multiple}" if multiple > 1 else "")
+        raise ValueError(f"data.{name}: expected {what}, got {value!r}")
+    return int(value)
+
+
+def validate_data_config(data_cfg) -> dict:
+    """The fields of ``data_cfg`` (dict or ConfigDict) checked, as a plain dict.
+
+    Raises ValueError naming the field, what was expected and what was given.
+    """
+    given = data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg)
+    defaults = data_config()
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"data: unknown fields {unknown}; expected fields {sorted(defaults)}")
+    cfg = {**defaults, **given}
+    if cfg["source"] not in SOURCES:
+        raise ValueError(f"data.source: expected one of {SOURCES}, got {cfg['source']!r}")
+    for name in ("height", "width"):
+        cfg[name] = _positive_int(cfg, name, SPATIAL_FACTOR)
+    for name in ("latent_frames", "num_examples", "text_len", "text_dim"):
+        cfg[name] = _positive_int(cfg, name)
+    seed = cfg["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"data.seed: expected an int >= 0, got {seed!r}")
+    if cfg["text_embedding"] not in TEXT_EMBEDDINGS:
+        raise ValueError(f"data.text_embedding: expected one of {TEXT_EMBEDDINGS}, "
+                         f"got {cfg['text_embedding']!r}")
+    if cfg["source"] == "folder" and (not isinstance(cfg["folder"], str) or not cfg["folder"]):
+        raise ValueError(f"data.folder: expected a folder of videos for source='folder', "
+                         f"got {cfg['folder']!r}")
+    return cfg
+
+
+def make_source(data_cfg) -> _ClipSource:
+    """The source described by ``data_cfg`` (see :func:`data_config`), validated first."""
+    cfg = validate_data_config(data_cfg)
+    args = (cfg["height"], cfg["width"], cfg["latent_frames"], cfg["num_examples"], cfg["seed"],
+            cfg["text_len"], cfg["text_dim"])
+    if cfg["source"] == "world":
+        return WorldSource(*args, text_embedding=cfg["text_embedding"])
+    if cfg["source"] == "pose":
+        return PoseSource(*args, text_embedding=cfg["text_embedding"])
+    return FolderSource(cfg["folder"], *args)
+
+
+def make_loader(source, batch_size: int, seed: int, shuffle: bool = True,
+                num_epochs: int | None = None, worker_count: int = 0, *,
+                shard_index: int = 0, shard_count: int = 1, read_threads: int = 2):
+    """A checkpointable iterator of batches of ``source``.
+
+    Args:
+      source: a random-access source (``len`` and ``__getitem__``).
+      batch_size: items per batch; a last partial batch is dropped (static shapes).
+      seed: the shuffle seed (a new order every epoch).
+      shuffle: whether to shuffle; else items come in index order.
+      num_epochs: passes over the source, None for endless.
+      worker_count: processes that produce batches (0: this process). With workers the
+        program must parse its absl flags before building the loader and run under an
+        ``if __name__ == "__main__"`` guard.
+      shard_index, shard_count: this host's share of the source (items
+        ``shard_index::shard_count``), e.g. ``jax.process_index(), jax.process_count()``.
+      read_threads: threads that read items ahead in each process.
+
+    Returns:
+      A grain ``DatasetIterator`` yielding dicts of stacked numpy arrays; ``get_state()``
+      returns a small dict to save and ``set_state(state)`` on a fresh loader built with
+      the same arguments resumes with the very next batch.
+    """
+    for name, value, low in (("batch_size", batch_size, 1), ("worker_count", worker_count, 0),
+                             ("shard_count", shard_count, 1), ("read_threads", read_threads, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"make_loader {name}: expected an int >= {low}, got {value!r}")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"make_loader shard_index: expected 0 <= shard_index < {shard_count}, "
+                         f"got {shard_index!r}")
+    if num_epochs is not None and (not isinstance(num_epochs, int) or num_epochs < 1):
+        raise ValueError(f"make_loader num_epochs: expected None or an int >= 1, got {num_epochs!r}")
+    if worker_count > 0 and not flags.FLAGS.is_parsed():
+        raise ValueError("make_loader worker_count: grain's worker processes read absl flags; "
+                         "parse them first (absl.app.run, or flags.FLAGS(argv))")
+    if len(source) < shard_count * batch_size:
+        raise ValueError(f"make_loader batch_size: a shard of {len(source)} items over "
+                         f"{shard_count} hosts cannot fill a batch of {batch_size}")
+
+    ds = grain.MapDataset.source(source)
+    if shard_count > 1:
+        ds = ds[shard_index::shard_count]
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    # Only a few items ahead: a clip is large and the producer should not race the trainer.
+    read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size, 1))
+    it = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True)
+    if worker_count > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+        # Batches from workers live in shared memory that is freed when they are collected;
+        # plain copies keep their lifetime the caller's business.
+        it = it.map(_plain_arrays)
+    return iter(it)
+
+
+def _plain_arrays(batch: dict) -> dict:
+    return {k: np.array(v) for k, v in batch.items()}

@@ -1,0 +1,162 @@
+"""The training loop every stage runs in.
+
+Exact resume: the checkpoint holds params, optimizer state, step and base RNG key (each
+step's key is ``fold_in(key, step)``), plus the data iterator's state; a run killed at any
+point and resumed ends with the same parameters, bit for bit, as one never interrupted.
+SIGTERM saves a checkpoint and stops cleanly; a non-finite loss stops the run without
+saving, keeping the last good checkpoint. Metrics go to TensorBoard event files under
+``workdir/tb``; sample videos to ``workdir/samples/step_N.mp4`` (real | generated).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from aapt_jax.data.sources import make_loader, make_source
+from aapt_jax.io import checkpoint as ckpt
+from aapt_jax.io.video import write_mp4
+from aapt_jax.train import stages
+from aapt_jax.train.optim import make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+class TrainingStopped(RuntimeError):
+    """A run stopped for a reason a person must look at (e.g. a non-finite loss)."""
+
+
+def _initial_state(params, tx, seed: int):
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "key": jax.random.key_data(jax.random.key(seed))}
+
+
+def make_train_step(stage: stages.Stage, tx):
+    def train_step(state, frozen, batch):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
+        (loss, metrics), grads = jax.value_and_grad(
+            lambda p: stage.loss(p, frozen, batch, key), has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+        return dict(state, step=state["step"] + 1, params=params, opt_state=opt_state), metrics
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+def _config_fingerprint(config: ConfigDict) -> dict:
+    """The fields a resumed run must share with the run that wrote the checkpoints."""
+    return {"stage": config.train.stage, "model": config.model.to_dict(), "control": config.control.to_dict(),
+            "data": config.data.to_dict(), "vae": config.vae.to_dict(), "seed": config.train.seed,
+            "batch_size": config.train.batch_size}
+
+
+def _write_video(path, real, fake, fps):
+    """Side by side, real | generated, first sample of the batch."""
+    both = np.concatenate([np.asarray(real[0]), np.asarray(fake[0])], axis=2)
+    write_mp4(path, np.clip((both + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8), fps=fps)
+
+
+def train(config: ConfigDict, workdir: str) -> dict:
+    """Run (or resume) the stage in ``config.train.stage`` in ``workdir``. Returns a summary."""
+    tc = config.train
+    for field in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        if not isinstance(tc[field], int) or tc[field] < 1:
+            raise ValueError(f"train.{field}: expected a positive int, got {tc[field]!r}")
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(os.path.join(workdir, ckpt.EXPORT_DIR, "info.json")):
+        raise ValueError(f"workdir: {workdir} already holds a finished stage; use a new workdir")
+
+    stage = stages.build(config)                    # validates before any compile
+    source = make_source(config.data)
+    tx, schedule = make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip,
+                                  warmup_steps=tc.warmup_steps)
+    manager = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
+    loader = make_loader(source, tc.batch_size, seed=config.data.seed)
+    state = _initial_state(stage.params, tx, tc.seed)
+    fingerprint = _config_fingerprint(config)
+    if manager.latest_step() is not None:
+        state, meta, step = manager.restore(ckpt.abstract_like(state), tc.restore_step or None)
+        if meta["config"] != json.loads(json.dumps(fingerprint)):
+            raise ValueError(f"workdir: {workdir} has checkpoints of a different config; use a new workdir "
+                             f"(saved {meta['config']}, given {fingerprint})")
+        loader.set_state(meta["data_state"].encode() if isinstance(meta["data_state"], str) else meta["data_state"])
+        log.info("resumed %s at step %d", workdir, step)
+    train_step = make_train_step(stage, tx)
+    sample_fn = jax.jit(stage.sample)
+    frozen = stage.frozen
+
+    from tensorboardX import SummaryWriter
+    writer = SummaryWriter(os.path.join(workdir, "tb"))
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+
+    def save(step):
+        data_state = loader.get_state()
+        if isinstance(data_state, bytes):
+            data_state = data_state.decode()
+        # A copy: the save runs in the background while the next step donates `state`.
+        manager.save(step, jax.tree.map(jnp.copy, state),
+                     {"config": fingerprint, "data_state": data_state, "stage": stage.name})
+
+    start = int(state["step"])
+    losses, t_last, summary = [], time.perf_counter(), {}
+    try:
+        with tqdm(total=tc.steps, initial=start, desc=f"{stage.name}", unit="step") as bar:
+            for step in range(start, tc.steps):
+                batch = next(loader)
+                state, metrics = train_step(state, frozen, batch)
+                loss = float(metrics["loss"])
+                if not np.isfinite(loss):
+                    manager.wait()
+                    raise TrainingStopped(
+                        f"non-finite loss {loss} at step {step + 1}; stopped without saving. Last good "
+                        f"checkpoint: step {manager.latest_step()} in {manager.directory}")
+                losses.append(loss)
+                bar.update(1)
+                done = step + 1
+                if done % tc.log_every == 0 or done == tc.steps:
+                    now = time.perf_counter()
+                    rate = tc.log_every / max(now - t_last, 1e-9)
+                    t_last = now
+                    for k, v in metrics.items():
+                        writer.add_scalar(f"train/{k}", float(v), done)
+                    writer.add_scalar("train/lr", float(schedule(done)), done)
+                    writer.add_scalar("train/steps_per_s", rate, done)
+                    bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{rate:.2f}")
+                if done % tc.checkpoint_every == 0 or done == tc.steps or stop["signal"]:
+                    save(done)
+                if tc.sample_every and (done % tc.sample_every == 0 or done == tc.steps):
+                    real, fake = sample_fn(state["params"], frozen, batch, jax.random.key(done))
+                    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+                    _write_video(os.path.join(workdir, "samples", f"step_{done}.mp4"), real, fake,
+                                 config.video.fps)
+                if stop["signal"]:
+                    log.warning("signal %s: saved step %d, stopping", stop["signal"], done)
+                    break
+        manager.wait()
+        finished = int(state["step"]) >= tc.steps
+        if finished:
+            ckpt.save_export(workdir, state["params"], dict(stage.info, steps=tc.steps))
+        n = max(1, len(losses) // 10)
+        summary = dict(stage=stage.name, workdir=workdir, step=int(state["step"]), finished=finished,
+                       first_10pct_loss=float(np.mean(losses[:n])) if losses else None,
+                       last_10pct_loss=float(np.mean(losses[-n:])) if losses else None)
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        return summary
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        writer.close()
+        manager.close()

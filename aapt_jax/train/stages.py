@@ -1,0 +1,188 @@
+"""The training stages, each as: initial params, frozen inputs, a loss and a sampler.
+
+=========  ================================================  ===========================
+stage      trains                                            starts from
+=========  ================================================  ===========================
+vae        the (tiny) causal VAE: reconstruction + KL        random init
+base       stage 0: bidirectional flow-matching DiT          random init
+adapt      stage 1: causal generator, teacher forcing        ``base`` export or diffusers
+distill    stage 2: consistency distillation to one step     ``adapt`` export
+=========  ================================================  ===========================
+
+Batches arrive as ``{'video': uint8 [B, 1+4K, H, W, 3], 'text': [B, Lt, D], controls...}``
+and are encoded by the frozen VAE inside the jitted step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from ml_collections import ConfigDict
+
+from aapt_jax import configs
+from aapt_jax.io.vae_source import load_vae
+from aapt_jax.io.generator_source import load_generator
+from aapt_jax.model import vae as vae_lib
+from aapt_jax.model.controls import control_maps
+from aapt_jax.model.dit import WanDiT, create
+from aapt_jax.sample import flow_sampler
+from aapt_jax.sample.streaming import init_state, rollout_frames
+from aapt_jax.train import objectives
+
+STAGES = ("vae", "base", "adapt", "distill")
+NEEDS_INIT = {"adapt": ("base",), "distill": ("adapt",)}
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    graphdef: nnx.GraphDef
+    params: Any                       # pure dict, trained
+    frozen: Any                       # pytree passed to every step, not trained
+    loss: Callable                    # (params, frozen, batch, key) -> (loss, metrics)
+    sample: Callable                  # (params, frozen, batch, key) -> (real, fake) videos [B,T,H,W,3] in [-1,1]
+    info: dict                        # what the export records (stage, model config...)
+
+
+def _pure(state):
+    return nnx.to_pure_dict(state)
+
+
+def _vae(config: ConfigDict, trainable: bool):
+    if trainable:
+        return load_vae(config.vae.preset, "", seed=config.train.seed, allow_random=True)
+    return load_vae(config.vae.preset, config.vae.checkpoint)
+
+
+def _to_unit(video):
+    return video.astype(jnp.float32) / 127.5 - 1.0
+
+
+def check_data_geometry(config: ConfigDict, vcfg) -> None:
+    d, v = config.data, config.video
+    if (d.height, d.width) != (v.height, v.width):
+        raise ValueError(f"data.height/width: expected the video size {(v.height, v.width)}, got {(d.height, d.width)}")
+    for side in ("height", "width"):
+        if v[side] % vcfg.spatial_ratio:
+            raise ValueError(f"video.{side}: expected a multiple of the VAE's spatial ratio {vcfg.spatial_ratio}, "
+                             f"got {v[side]}")
+
+
+def make_encoder(config: ConfigDict, vcfg, vae_graphdef):
+    """(vae_params, batch) -> (latents [B,1+K,h,w,C] normalized, text, controls [B,K,h,w,Cc] | None)."""
+    ctrl_cfg = configs.control_config(config)
+    hw = (config.video.height, config.video.width)
+
+    def encode(vae_params, batch):
+        mean, _ = vae_lib.encode(vae_graphdef, vae_params, _to_unit(batch["video"]))
+        latents = vae_lib.normalize_latents(vcfg, mean)
+        controls = None
+        if ctrl_cfg.kind == "camera":
+            controls = control_maps(ctrl_cfg, hw, intrinsics=batch["intrinsics"], c2w=batch["c2w"])
+        elif ctrl_cfg.kind == "pose":
+            controls = control_maps(ctrl_cfg, hw, keypoints=batch["keypoints"], visibility=batch.get("visibility"))
+        return jax.lax.stop_gradient(latents), batch["text"], controls
+
+    return encode
+
+
+def _decode(vcfg, vae_graphdef, vae_params, latents):
+    return jnp.clip(vae_lib.decode_unclamped(vae_graphdef, vae_params,
+                                             vae_lib.denormalize_latents(vcfg, latents)), -1.0, 1.0)
+
+
+def build(config: ConfigDict) -> Stage:
+    """Validate the config and build the stage (no compilation happens here)."""
+    name = config.train.stage
+    if name not in STAGES:
+        raise ValueError(f"train.stage: expected one of {STAGES}, got {name!r}")
+    vcfg, vae_graphdef, vae_params = _vae(config, trainable=(name == "vae"))
+    check_data_geometry(config, vcfg)
+    tc = config.train
+    if name == "vae":
+        return _vae_stage(config, vcfg, vae_graphdef, vae_params)
+
+    cfg = configs.model_config(config)
+    encode = make_encoder(config, vcfg, vae_graphdef)
+    decode = lambda vp, z: _decode(vcfg, vae_graphdef, vp, z)  # noqa: E731
+    info = dict(stage=name, model=cfg.replace(causal=(name != "base"),
+                                              control_channels=0 if name == "base" else cfg.control_channels).to_dict(),
+                vae_preset=config.vae.preset)
+
+    if name == "base":
+        base = cfg.replace(causal=False, control_channels=0)
+        graphdef, params = create(base, tc.seed)
+
+        def loss(params, frozen, batch, key):
+            latents, text, _ = encode(frozen["vae"], batch)
+            return objectives.base_flow_loss(nnx.merge(graphdef, params), latents, text, key, shift=tc.shift)
+
+        def sample(params, frozen, batch, key):
+            latents, text, _ = encode(frozen["vae"], batch)
+            eps = jax.random.normal(key, latents.shape)
+            fake = flow_sampler.sample_clip(nnx.merge(graphdef, params), eps, text, num_steps=tc.sample_steps,
+                                            shift=tc.sample_shift)
+            return decode(frozen["vae"], latents), decode(frozen["vae"], fake)
+
+        return Stage(name, graphdef, _pure(params), {"vae": vae_params}, loss, sample, info)
+
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
+    params, _ = load_generator(config.train.init_from, cfg, stages=NEEDS_INIT[name], seed=tc.seed,
+                               field="train.init_from")
+
+    if name == "adapt":
+        def loss(params, frozen, batch, key):
+            latents, text, controls = encode(frozen["vae"], batch)
+            return objectives.adaptation_loss(nnx.merge(graphdef, params), latents, text, controls, key,
+                                              shift=tc.shift)
+
+        def sample(params, frozen, batch, key):
+            latents, text, controls = encode(frozen["vae"], batch)
+            fake = flow_sampler.sample_autoregressive(
+                nnx.merge(graphdef, params), latents[:, :1], text, controls, key, num_frames=latents.shape[1] - 1,
+                num_steps=tc.sample_steps, shift=tc.sample_shift)
+            return decode(frozen["vae"], latents), decode(frozen["vae"], jnp.concatenate([latents[:, :1], fake], 1))
+
+        return Stage(name, graphdef, params, {"vae": vae_params}, loss, sample, info)
+
+    # distill: the student starts as the teacher.
+    def loss(params, frozen, batch, key):
+        latents, text, controls = encode(frozen["vae"], batch)
+        return objectives.consistency_loss(nnx.merge(graphdef, params), nnx.merge(graphdef, frozen["teacher"]),
+                                           latents, text, controls, key, num_steps=tc.distill_steps,
+                                           shift=tc.shift)
+
+    def sample(params, frozen, batch, key):
+        latents, text, controls = encode(frozen["vae"], batch)
+        model = nnx.merge(graphdef, params)
+        noise = jax.random.normal(key, latents[:, 1:].shape)
+        _, fake = rollout_frames(model, init_state(model, latents[:, :1], text), noise, controls)
+        return decode(frozen["vae"], latents), decode(frozen["vae"], jnp.concatenate([latents[:, :1], fake], 1))
+
+    return Stage(name, graphdef, params, {"vae": vae_params, "teacher": params}, loss, sample, info)
+
+
+def _vae_stage(config, vcfg, graphdef, params) -> Stage:
+    tc = config.train
+
+    def loss(params, frozen, batch, key):
+        video = _to_unit(batch["video"])
+        mean, logvar = vae_lib.encode(graphdef, params, video)
+        z = vae_lib.sample_latents(mean, logvar, key)
+        recon = vae_lib.decode_unclamped(graphdef, params, z)
+        rec = jnp.mean(jnp.abs(recon - video)) + jnp.mean(jnp.square(recon - video))
+        kl = 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+        total = rec + tc.kl_weight * kl
+        return total, {"loss": total, "recon": rec, "kl": kl}
+
+    def sample(params, frozen, batch, key):
+        video = _to_unit(batch["video"])
+        mean, _ = vae_lib.encode(graphdef, params, video)
+        return video, jnp.clip(vae_lib.decode_unclamped(graphdef, params, mean), -1.0, 1.0)
+
+    info = dict(stage="vae", vae_preset=config.vae.preset)
+    return Stage("vae", graphdef, params, {}, loss, sample, info)
