@@ -33,7 +33,7 @@ def test_light_decoder_has_the_paper_ratio():
     # The encoder and the latent space are untouched.
     assert dataclasses.replace(light, decoder_base_dim=None, decoder_dim_mult=None,
                                decoder_num_res_blocks=None) == full
-    assert light_decoder(get_vae_config("tiny")).decoder_widths == (8, 16, 16, 32)
+    assert light_decoder(get_vae_config("tiny", base_dim=16)).decoder_widths == (8, 16, 16, 32)
 
 
 @pytest.mark.parametrize("fields, message", [
