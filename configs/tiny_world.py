@@ -40,7 +40,7 @@ def get_config(stage: str = "base") -> ConfigDict:
         stage=stage, steps=300, batch_size=2, optimizer="adamw", lr=1e-3, weight_decay=0.01, grad_clip=1.0,
         warmup_steps=20, shift=24.0, distill_steps=32, sample_steps=16, sample_shift=5.0,
         checkpoint_every=50, keep_checkpoints=3, restore_step=0, log_every=10, sample_every=0, seed=0,
-        init_from="", kl_weight=1e-4,
+        init_from="", kl_weight=1e-4, random_init=False,
     ))
     defaults = dict(STAGE_DEFAULTS[stage])
     c.data.latent_frames = defaults.pop("latent_frames", c.data.latent_frames)

@@ -53,7 +53,7 @@ def _pure(state):
 
 
 def _vae(config: ConfigDict, trainable: bool):
-    if trainable:
+    if trainable or config.train.random_init:
         return load_vae(config.vae.preset, "", seed=config.train.seed, allow_random=True)
     return load_vae(config.vae.preset, config.vae.checkpoint)
 
@@ -130,9 +130,13 @@ def build(config: ConfigDict) -> Stage:
 
         return Stage(name, graphdef, _pure(params), {"vae": vae_params}, loss, sample, info)
 
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
-    params, _ = load_generator(config.train.init_from, cfg, stages=NEEDS_INIT[name], seed=tc.seed,
-                               field="train.init_from")
+    if tc.random_init:  # throughput benchmarks: no previous stage needed
+        graphdef, params = create(cfg, tc.seed)
+        params = _pure(params)
+    else:
+        graphdef, _ = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
+        params, _ = load_generator(config.train.init_from, cfg, stages=NEEDS_INIT[name], seed=tc.seed,
+                                   field="train.init_from")
 
     if name == "adapt":
         def loss(params, frozen, batch, key):
@@ -163,7 +167,9 @@ def build(config: ConfigDict) -> Stage:
         _, fake = rollout_frames(model, init_state(model, latents[:, :1], text), noise, controls)
         return decode(frozen["vae"], latents), decode(frozen["vae"], jnp.concatenate([latents[:, :1], fake], 1))
 
-    return Stage(name, graphdef, params, {"vae": vae_params, "teacher": params}, loss, sample, info)
+    # The teacher is a copy: the student's buffers are donated to each update.
+    teacher = jax.tree.map(jnp.copy, params)
+    return Stage(name, graphdef, params, {"vae": vae_params, "teacher": teacher}, loss, sample, info)
 
 
 def _vae_stage(config, vcfg, graphdef, params) -> Stage:

@@ -1,0 +1,46 @@
+"""Training throughput of every stage at the tiny config: ``train_steps_per_s``.
+
+Weights are random (``train.random_init``): throughput does not depend on their values,
+and the suite then needs no earlier stage on disk.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+
+from aapt_jax.data.sources import make_loader, make_source
+from aapt_jax.train import stages
+from aapt_jax.train.loop import _initial_state, make_train_step
+from aapt_jax.train.optim import make_optimizer
+from configs import tiny_world
+
+
+def steps_per_s(stage_name: str, measure_steps: int, warmup_steps: int = 2) -> dict:
+    config = tiny_world.get_config(stage_name)
+    config.train.random_init = True
+    stage = stages.build(config)
+    tx, _ = make_optimizer(config.train.optimizer, config.train.lr, weight_decay=config.train.weight_decay,
+                           grad_clip=config.train.grad_clip)
+    loader = make_loader(make_source(config.data), config.train.batch_size, seed=0)
+    batches = [next(loader) for _ in range(warmup_steps + measure_steps)]
+    step = make_train_step(stage, tx)
+    state = _initial_state(stage.params, tx, 0)
+    for b in batches[:warmup_steps]:
+        state, metrics = step(state, stage.frozen, b)
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for b in batches[warmup_steps:]:
+        state, metrics = step(state, stage.frozen, b)
+    jax.block_until_ready(metrics)
+    elapsed = time.perf_counter() - t0
+    return dict(name="train_steps_per_s", value=measure_steps / elapsed, unit="steps/s", stage=stage_name,
+                batch_size=config.train.batch_size, video_frames=1 + 4 * config.data.latent_frames,
+                video_hw=[config.video.height, config.video.width], measured_steps=measure_steps,
+                backend=jax.default_backend())
+
+
+def run(quick: bool = False):
+    for name in ("vae", "base", "adapt", "distill"):
+        yield steps_per_s(name, measure_steps=2 if quick else 10)
