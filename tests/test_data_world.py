@@ -8,6 +8,7 @@ import pytest
 
 from aapt_jax.data import world as W
 from aapt_jax.data import world_camera as C
+from aapt_jax.data.pose_figure import _convex_hull
 from aapt_jax.model import camera
 
 HW = (48, 64)
@@ -117,17 +118,7 @@ def _open_room(size: int, pillar) -> W.World:
 
 def _signed_distance_to_hull(points, u, v):
     """Pixel-centre distance to the convex hull of ``points`` [n, 2]: > 0 inside."""
-    pts = sorted(map(tuple, points))
-
-    def chain(seq):
-        out = []
-        for p in seq:
-            while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (p[1] - out[-2][1])
-                                     - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
-                out.pop()
-            out.append(p)
-        return out[:-1]
-    hull = np.array(chain(pts) + chain(reversed(pts)))
+    hull = _convex_hull(np.asarray(points))
     dist = np.full(u.shape, np.inf)
     for (ax, ay), (bx, by) in zip(hull, np.roll(hull, -1, axis=0)):
         dist = np.minimum(dist, ((bx - ax) * (v - ay) - (by - ay) * (u - ax)) / math.hypot(bx - ax, by - ay))
