@@ -23,6 +23,13 @@ def _config(stage, **train_fields):
 def test_stage_chain_runs_and_exports(tmp_path):
     runs = {s: tmp_path / s for s in ("vae", "base", "adapt", "distill")}
     train(_config("vae"), str(runs["vae"]))
+    from aapt_jax.io.vae_source import load_vae
+
+    vae_info = ckpt.export_info(str(runs["vae"]))
+    assert len(vae_info["latents_mean"]) == len(vae_info["latents_std"]) == 16
+    assert all(s > 0 for s in vae_info["latents_std"])
+    vcfg, _, _ = load_vae("tiny", str(runs["vae"]))
+    assert vcfg.std == tuple(vae_info["latents_std"])  # the generator stages train on normalized latents
     for stage, init in (("base", ""), ("adapt", "base"), ("distill", "adapt")):
         c = _config(stage, init_from=str(runs[init]) if init else "")
         c.vae.checkpoint = str(runs["vae"])

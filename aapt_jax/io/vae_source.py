@@ -34,6 +34,7 @@ def load_vae(preset: str, checkpoint: str = "", *, seed: int = 0, allow_random: 
     info = ckpt.export_info(checkpoint)
     if info.get("stage") != "vae":
         raise ValueError(f"vae.checkpoint: {checkpoint} holds a {info.get('stage')!r} stage, expected 'vae'")
-    vcfg = get_vae_config(info["vae_preset"])
+    stats = {k: tuple(info[k]) for k in ("latents_mean", "latents_std") if k in info}
+    vcfg = get_vae_config(info["vae_preset"], **stats)
     graphdef, abstract = nnx.split(vae_lib.abstract_vae(vcfg))
     return vcfg, graphdef, ckpt.load_export(checkpoint, nnx.to_pure_dict(abstract))

@@ -31,6 +31,8 @@ from aapt_jax.train.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 
+FINISH_BATCHES = 8  # batches a stage's finish hook sees (e.g. the VAE's latent statistics)
+
 
 class TrainingStopped(RuntimeError):
     """A run stopped for a reason a person must look at (e.g. a non-finite loss)."""
@@ -148,7 +150,11 @@ def train(config: ConfigDict, workdir: str) -> dict:
         manager.wait()
         finished = int(state["step"]) >= tc.steps
         if finished:
-            ckpt.save_export(workdir, state["params"], dict(stage.info, steps=tc.steps))
+            extra = {}
+            if stage.finish is not None:
+                stats_loader = make_loader(source, tc.batch_size, seed=config.data.seed + 1)
+                extra = stage.finish(state["params"], [next(stats_loader) for _ in range(FINISH_BATCHES)])
+            ckpt.save_export(workdir, state["params"], dict(stage.info, steps=tc.steps, **extra))
         n = max(1, len(losses) // 10)
         summary = dict(stage=stage.name, workdir=workdir, step=int(state["step"]), finished=finished,
                        first_10pct_loss=float(np.mean(losses[:n])) if losses else None,

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
@@ -46,6 +47,7 @@ class Stage:
     loss: Callable                    # (params, frozen, batch, key) -> (loss, metrics)
     sample: Callable                  # (params, frozen, batch, key) -> (real, fake) videos [B,T,H,W,3] in [-1,1]
     info: dict                        # what the export records (stage, model config...)
+    finish: Callable | None = None    # (params, batches) -> extra info fields, run before export
 
 
 def _pure(state):
@@ -190,5 +192,19 @@ def _vae_stage(config, vcfg, graphdef, params) -> Stage:
         mean, _ = vae_lib.encode(graphdef, params, video)
         return video, jnp.clip(vae_lib.decode_unclamped(graphdef, params, mean), -1.0, 1.0)
 
+    @jax.jit
+    def channel_moments(params, batch):
+        mean, _ = vae_lib.encode(graphdef, params, _to_unit(batch["video"]))
+        return jnp.mean(mean, axis=(0, 1, 2, 3)), jnp.mean(jnp.square(mean), axis=(0, 1, 2, 3))
+
+    def finish(params, batches):
+        """Per-channel latent statistics: the generator trains on ``(z - mean) / std`` (as Wan
+        does with its published latents_mean/std), so its targets have unit scale."""
+        moments = [channel_moments(params, b) for b in batches]
+        m1 = np.mean([np.asarray(m) for m, _ in moments], axis=0)
+        m2 = np.mean([np.asarray(q) for _, q in moments], axis=0)
+        std = np.sqrt(np.maximum(m2 - np.square(m1), 1e-12))
+        return {"latents_mean": [float(x) for x in m1], "latents_std": [float(x) for x in std]}
+
     info = dict(stage="vae", vae_preset=config.vae.preset)
-    return Stage("vae", graphdef, params, {}, loss, sample, info)
+    return Stage("vae", graphdef, params, {}, loss, sample, info, finish)
