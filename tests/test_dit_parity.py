@@ -11,7 +11,6 @@ from flax import nnx  # noqa: E402
 
 from aapt_jax.io.wan_transformer import (config_from_diffusers, load_wan_transformer,  # noqa: E402
                                          to_diffusers_state_dict)
-from aapt_jax.model.dit import WanDiT  # noqa: E402
 
 CONFIGS = {
     "two_heads": dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=40,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from aapt_jax.model import kv_cache as kvc
-from aapt_jax.model.attention import attention, frame_ids, full_attention
+from aapt_jax.model.attention import attention, full_attention
 from aapt_jax.model.config import DiTConfig
 from aapt_jax.model.layers import (AffineLayerNorm, RMSNorm, dense, gelu_tanh, layer_norm,
                                    logical, timestep_sinusoid)
