@@ -7,6 +7,8 @@
         --config.train.init_from=runs/base
     python -m launch.train --workdir=runs/cd    --config=configs/tiny_world.py:distill \
         --config.vae.checkpoint=runs/vae --config.train.init_from=runs/adapt
+    python -m launch.train --workdir=runs/adv   --config=configs/tiny_world.py:adversarial \
+        --config.vae.checkpoint=runs/vae --config.train.init_from=runs/cd --config.train.disc_init_from=runs/adapt
 """
 
 from ml_collections import ConfigDict
@@ -21,6 +23,8 @@ STAGE_DEFAULTS = {
     "base": dict(steps=300, lr=1e-3, optimizer="adamw", weight_decay=0.01, shift=3.0),
     "adapt": dict(steps=300, lr=5e-4, optimizer="adamw", weight_decay=0.01),
     "distill": dict(steps=200, lr=2e-4, optimizer="adamw", weight_decay=0.01),
+    # Stage 3: RMSProp (alpha 0.9) as in the paper; 8 generated frames per segment.
+    "adversarial": dict(steps=200, lr=5e-5, optimizer="rmsprop", weight_decay=0.0, latent_frames=8),
 }
 
 
@@ -41,6 +45,9 @@ def get_config(stage: str = "base") -> ConfigDict:
         warmup_steps=20, shift=24.0, distill_steps=32, sample_steps=16, sample_shift=5.0,
         checkpoint_every=50, keep_checkpoints=3, restore_step=0, log_every=10, sample_every=0, seed=0,
         init_from="", kl_weight=1e-4, random_init=False,
+        # stage 3 (adversarial): see aapt_jax/train/adversarial.py
+        forcing="student", segment_frames=0, overlap=2, extensions=0, r_sigma=0.1, r_lambda=1000.0,
+        disc_init_from="", disc_layers=(-3, -1), disc_head_dim=64, disc_lr=0.0, rms_decay=0.9, max_logit=1e3,
     ))
     defaults = dict(STAGE_DEFAULTS[stage])
     c.data.latent_frames = defaults.pop("latent_frames", c.data.latent_frames)

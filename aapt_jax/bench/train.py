@@ -17,16 +17,23 @@ from aapt_jax.train.optim import make_optimizer
 from configs import tiny_world
 
 
-def steps_per_s(stage_name: str, measure_steps: int, warmup_steps: int = 2) -> dict:
+def compiled_step(stage_name: str, **train_fields):
+    """(stage, jitted train step, initial state, batches iterator, config) at the tiny config."""
     config = tiny_world.get_config(stage_name)
     config.train.random_init = True
+    config.train.update(train_fields)
     stage = stages.build(config)
-    tx, _ = make_optimizer(config.train.optimizer, config.train.lr, weight_decay=config.train.weight_decay,
-                           grad_clip=config.train.grad_clip)
-    loader = make_loader(make_source(config.data), config.train.batch_size, seed=0)
-    batches = [next(loader) for _ in range(warmup_steps + measure_steps)]
+    tx, _ = stage.optimizer or make_optimizer(config.train.optimizer, config.train.lr,
+                                              weight_decay=config.train.weight_decay, grad_clip=config.train.grad_clip)
+    loader = make_loader(make_source(config.data), config.train.batch_size * stage.clips_per_example, seed=0)
     step = make_train_step(stage, tx)
     state = _initial_state(stage.params, tx, 0)
+    return stage, step, state, loader, config
+
+
+def steps_per_s(stage_name: str, measure_steps: int, warmup_steps: int = 2, **train_fields) -> dict:
+    stage, step, state, loader, config = compiled_step(stage_name, **train_fields)
+    batches = [next(loader) for _ in range(warmup_steps + measure_steps)]
     for b in batches[:warmup_steps]:
         state, metrics = step(state, stage.frozen, b)
     jax.block_until_ready(metrics)
@@ -42,5 +49,5 @@ def steps_per_s(stage_name: str, measure_steps: int, warmup_steps: int = 2) -> d
 
 
 def run(quick: bool = False):
-    for name in ("vae", "base", "adapt", "distill"):
+    for name in ("vae", "base", "adapt", "distill", "adversarial"):
         yield steps_per_s(name, measure_steps=2 if quick else 10)

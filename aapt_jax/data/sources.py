@@ -9,7 +9,11 @@ function of the source's seed and ``i``: a dict of numpy arrays for a clip of
   ``[T, 4, 4]``, the exact cameras of the rendered frames;
 - ``pose`` (:class:`PoseSource`): ``keypoints`` float32 ``[T, J, 2]`` (pixel x, y) and
   ``visibility`` bool ``[T, J]``;
-- ``folder`` (:class:`FolderSource`): nothing more.
+- ``folder`` (:class:`FolderSource`): nothing more;
+- ``latents`` (:class:`aapt_jax.data.latent_shards.LatentSource`): clips of another source
+  encoded once by the VAE (``python -m launch.encode``): ``latents`` float32
+  ``[1+K, h, w, C]`` (raw VAE posterior mean) *instead of* ``video``, plus the ``text`` and
+  control inputs that source carried.
 
 The procedural sources' text is zeros, or with ``text_embedding='random'`` one fixed
 random embedding per source (so the text path carries something).
@@ -25,13 +29,14 @@ import grain
 import numpy as np
 from absl import flags
 
+from aapt_jax.data.latent_shards import LatentSource
 from aapt_jax.data.pose_figure import pose_clip
 from aapt_jax.data.video_folder import VideoFolder
 from aapt_jax.data.world import make_world, render_path
 from aapt_jax.data.world_camera import random_walk
 from aapt_jax.model.camera import SPATIAL_FACTOR, TEMPORAL_FACTOR
 
-SOURCES = ("world", "pose", "folder")
+SOURCES = ("world", "pose", "folder", "latents")
 TEXT_EMBEDDINGS = ("zeros", "random")
 
 
@@ -137,10 +142,12 @@ class FolderSource(_ClipSource):
 def data_config(**overrides) -> dict:
     """Default data fields (an ml_collections-friendly dict), updated by ``overrides``.
 
-    Fields: ``source`` ('world', 'pose' or 'folder'), ``height``, ``width`` (video pixels,
-    multiples of 8), ``latent_frames`` (K: clips have 1 + 4K frames), ``num_examples``,
-    ``seed``, ``folder`` (the video folder, for source='folder'), ``text_len``,
-    ``text_dim`` and ``text_embedding`` ('zeros' or 'random', procedural sources).
+    Fields: ``source`` ('world', 'pose', 'folder' or 'latents'), ``height``, ``width``
+    (video pixels, multiples of 8), ``latent_frames`` (K: clips have 1 + 4K frames),
+    ``num_examples`` (for 'latents': at most this many of the cached clips), ``seed``,
+    ``folder`` (the video folder for source='folder', the shard directory for 'latents'),
+    ``text_len``, ``text_dim`` and ``text_embedding`` ('zeros' or 'random', procedural
+    sources).
     """
     cfg = {"source": "world", "height": 96, "width": 128, "latent_frames": 4,
            "num_examples": 4096, "seed": 0, "folder": "", "text_len": 16, "text_dim": 64,
@@ -181,15 +188,20 @@ def validate_data_config(data_cfg) -> dict:
     if cfg["text_embedding"] not in TEXT_EMBEDDINGS:
         raise ValueError(f"data.text_embedding: expected one of {TEXT_EMBEDDINGS}, "
                          f"got {cfg['text_embedding']!r}")
-    if cfg["source"] == "folder" and (not isinstance(cfg["folder"], str) or not cfg["folder"]):
-        raise ValueError(f"data.folder: expected a folder of videos for source='folder', "
+    needs_folder = {"folder": "a folder of videos",
+                    "latents": "a directory of latent shards (launch.encode --out)"}
+    if cfg["source"] in needs_folder and (not isinstance(cfg["folder"], str) or not cfg["folder"]):
+        raise ValueError(f"data.folder: expected {needs_folder[cfg['source']]} for source={cfg['source']!r}, "
                          f"got {cfg['folder']!r}")
     return cfg
 
 
-def make_source(data_cfg) -> _ClipSource:
-    """The source described by ``data_cfg`` (see :func:`data_config`), validated first."""
+def make_source(data_cfg) -> _ClipSource | LatentSource:
+    """The source described by ``data_cfg`` (see :func:`data_config`), validated first (for
+    'latents', also against the shards' ``meta.json``: ValueError naming the field)."""
     cfg = validate_data_config(data_cfg)
+    if cfg["source"] == "latents":
+        return LatentSource(cfg["folder"], cfg)
     args = (cfg["height"], cfg["width"], cfg["latent_frames"], cfg["num_examples"], cfg["seed"],
             cfg["text_len"], cfg["text_dim"])
     if cfg["source"] == "world":

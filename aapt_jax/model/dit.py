@@ -241,20 +241,15 @@ class WanDiT(nnx.Module):
 
     # ----- forward passes ---------------------------------------------------------------
 
-    def __call__(self, x_t, t, text, *, recycled=None, control=None, frame_indices=None):
-        """All frames in one pass.
+    def _run_block(self, blk, x, mod, text_k, text_v, angles, attend):
+        """One block, rematerialized in the backward pass when ``cfg.remat`` (activation
+        memory then grows with one block's worth, not the whole stack's)."""
+        if not self.cfg.remat:
+            return blk(x, mod, text_k, text_v, angles, attend)
+        return nnx.remat(lambda b, *a: b(*a, attend))(blk, x, mod, text_k, text_v, angles)
 
-        Args:
-          x_t: noisy latents ``[B, T, H, W, C]``.
-          t: timesteps in [0, 1000], ``[B]`` or per frame ``[B, T]`` (temporal patch 1).
-          text: ``[B, Lt, text_dim]``.
-          recycled: ``[B, T, H, W, C]`` previous frames (AAPT generator).
-          control: ``[B, T, H, W, control_channels]``.
-          frame_indices: int ``[T]`` latent-frame index of each input frame (default
-            ``0..T-1``); sets temporal RoPE positions and, for the causal model, the mask.
-        Returns:
-          velocity ``[B, T, H, W, C]``.
-        """
+    def _parallel_trunk(self, x_t, t, text, recycled, control, frame_indices, layers=()):
+        """(final hidden ``[B, T, S, dim]``, temb, hidden states after each block in ``layers``)."""
         cfg = self.cfg
         self.check_inputs(x_t, recycled, control, t)
         B, T, H, W, _ = x_t.shape
@@ -273,21 +268,42 @@ class WanDiT(nnx.Module):
 
         temb, mod = self.embed_time(t)
         text_k, text_v = self.text_kv(text)
+        collected = []
         for i, blk in enumerate(self.blocks):
-            x, _ = blk(x, mod, text_k[i], text_v[i], angles, attend)
-        return self._head(x, temb, H, W)
+            x, _ = self._run_block(blk, x, mod, text_k[i], text_v[i], angles, attend)
+            if i in layers:
+                collected.append(x)
+        return x, temb, collected
 
-    def cached_forward(self, cache: kvc.KVCache, position, x_t, t, *, recycled=None, control=None):
-        """The next ``F`` frames against the cache, writing their keys/values into it.
+    def __call__(self, x_t, t, text, *, recycled=None, control=None, frame_indices=None):
+        """All frames in one pass.
 
         Args:
-          cache: :class:`KVCache` holding frames before ``position``.
-          position: int32 scalar, latent-frame index of the first new frame.
-          x_t: ``[B, F, H, W, C]``; t: ``[B]`` or ``[B, F]``; recycled/control as in
-            :meth:`__call__` for these F frames.
+          x_t: noisy latents ``[B, T, H, W, C]``.
+          t: timesteps in [0, 1000], ``[B]`` or per frame ``[B, T]`` (temporal patch 1).
+          text: ``[B, Lt, text_dim]``.
+          recycled: ``[B, T, H, W, C]`` previous frames (AAPT generator).
+          control: ``[B, T, H, W, control_channels]``.
+          frame_indices: int ``[T]`` latent-frame index of each input frame (default
+            ``0..T-1``); sets temporal RoPE positions and, for the causal model, the mask.
         Returns:
-          (updated cache, velocity ``[B, F, H, W, C]``).
+          velocity ``[B, T, H, W, C]``.
         """
+        x, temb, _ = self._parallel_trunk(x_t, t, text, recycled, control, frame_indices)
+        return self._head(x, temb, x_t.shape[2], x_t.shape[3])
+
+    def features(self, x_t, t, text, *, recycled=None, control=None, layers: tuple[int, ...]):
+        """Hidden states ``[B, T, S, dim]`` after each block in ``layers`` (the discriminator's
+        inputs to its logit heads); arguments as in :meth:`__call__`."""
+        self._check_layers(layers)
+        _, _, collected = self._parallel_trunk(x_t, t, text, recycled, control, None, layers)
+        return collected
+
+    def _check_layers(self, layers):
+        if not layers or any(not 0 <= i < self.cfg.num_layers for i in layers):
+            raise ValueError(f"layers: expected block indices in [0, {self.cfg.num_layers}), got {list(layers)}")
+
+    def _cached_trunk(self, cache: kvc.KVCache, position, x_t, t, recycled, control, layers=()):
         cfg = self.cfg
         B, F, H, W, _ = x_t.shape
         x = self._input_tokens(x_t, recycled, control)
@@ -301,6 +317,7 @@ class WanDiT(nnx.Module):
         layout = "decode" if F == 1 else None
         temb, mod = self.embed_time(t)
         ks, vs = cache.k, cache.v
+        collected = []
         for i, blk in enumerate(self.blocks):
             past_k = cache.k[i].reshape(B, (1 + R) * S, *cache.k.shape[-2:])
             past_v = cache.v[i].reshape(B, (1 + R) * S, *cache.v.shape[-2:])
@@ -311,11 +328,36 @@ class WanDiT(nnx.Module):
                 return attention(q, keys, vals, q_frames, k_frames, window=cfg.window,
                                  impl=cfg.attention_impl, tokens_per_frame=S, layout=layout)
 
-            x, (k_new, v_new) = blk(x, mod, cache.text_k[i], cache.text_v[i], angles, attend)
+            x, (k_new, v_new) = self._run_block(blk, x, mod, cache.text_k[i], cache.text_v[i], angles, attend)
+            if i in layers:
+                collected.append(x)
             for f in range(F):
                 ks = kvc.write_frame(ks, i, position + f, R, k_new[:, f * S:(f + 1) * S])
                 vs = kvc.write_frame(vs, i, position + f, R, v_new[:, f * S:(f + 1) * S])
-        return cache.replace(k=ks, v=vs), self._head(x, temb, H, W)
+        return cache.replace(k=ks, v=vs), x, temb, collected
+
+    def cached_forward(self, cache: kvc.KVCache, position, x_t, t, *, recycled=None, control=None):
+        """The next ``F`` frames against the cache, writing their keys/values into it.
+
+        Args:
+          cache: :class:`KVCache` holding frames before ``position``.
+          position: int32 scalar, latent-frame index of the first new frame.
+          x_t: ``[B, F, H, W, C]``; t: ``[B]`` or ``[B, F]``; recycled/control as in
+            :meth:`__call__` for these F frames.
+        Returns:
+          (updated cache, velocity ``[B, F, H, W, C]``).
+        """
+        cache, x, temb, _ = self._cached_trunk(cache, position, x_t, t, recycled, control)
+        return cache, self._head(x, temb, x_t.shape[2], x_t.shape[3])
+
+    def cached_features(self, cache: kvc.KVCache, position, x_t, t, *, recycled=None, control=None,
+                        layers: tuple[int, ...]):
+        """:meth:`cached_forward`'s hidden states after each block in ``layers``.
+
+        Returns (updated cache, list of ``[B, F, S, dim]``)."""
+        self._check_layers(layers)
+        cache, _, _, collected = self._cached_trunk(cache, position, x_t, t, recycled, control, layers)
+        return cache, collected
 
 
 def create(cfg: DiTConfig, seed: int = 0):

@@ -4,7 +4,8 @@ Exact resume: the checkpoint holds params, optimizer state, step and base RNG ke
 step's key is ``fold_in(key, step)``), plus the data iterator's state; a run killed at any
 point and resumed ends with the same parameters, bit for bit, as one never interrupted.
 SIGTERM saves a checkpoint and stops cleanly; a non-finite loss stops the run without
-saving, keeping the last good checkpoint. Metrics go to TensorBoard event files under
+saving, keeping the last good checkpoint (as does a stage's own divergence check, e.g.
+exploding discriminator logits); the reason goes to the log and the raised error. Metrics go to TensorBoard event files under
 ``workdir/tb``; sample videos to ``workdir/samples/step_N.mp4`` (real | generated).
 """
 
@@ -46,8 +47,11 @@ def _initial_state(params, tx, seed: int):
 def make_train_step(stage: stages.Stage, tx):
     def train_step(state, frozen, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
-        (loss, metrics), grads = jax.value_and_grad(
-            lambda p: stage.loss(p, frozen, batch, key), has_aux=True)(state["params"])
+        if stage.grads is not None:
+            grads, metrics = stage.grads(state["params"], frozen, batch, key)
+        else:
+            (_, metrics), grads = jax.value_and_grad(
+                lambda p: stage.loss(p, frozen, batch, key), has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
@@ -82,10 +86,10 @@ def train(config: ConfigDict, workdir: str) -> dict:
 
     stage = stages.build(config)                    # validates before any compile
     source = make_source(config.data)
-    tx, schedule = make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip,
-                                  warmup_steps=tc.warmup_steps)
+    tx, schedule = stage.optimizer or make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay,
+                                                     grad_clip=tc.grad_clip, warmup_steps=tc.warmup_steps)
     manager = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
-    loader = make_loader(source, tc.batch_size, seed=config.data.seed)
+    loader = make_loader(source, tc.batch_size * stage.clips_per_example, seed=config.data.seed)
     state = _initial_state(stage.params, tx, tc.seed)
     fingerprint = _config_fingerprint(config)
     if manager.latest_step() is not None:
@@ -120,11 +124,15 @@ def train(config: ConfigDict, workdir: str) -> dict:
                 batch = next(loader)
                 state, metrics = train_step(state, frozen, batch)
                 loss = float(metrics["loss"])
-                if not np.isfinite(loss):
+                reason = None if np.isfinite(loss) else f"non-finite loss {loss}"
+                if reason is None and stage.check_metrics is not None:
+                    reason = stage.check_metrics(metrics)
+                if reason is not None:
                     manager.wait()
-                    raise TrainingStopped(
-                        f"non-finite loss {loss} at step {step + 1}; stopped without saving. Last good "
-                        f"checkpoint: step {manager.latest_step()} in {manager.directory}")
+                    message = (f"{reason} at step {step + 1}; stopped without saving. Last good checkpoint: "
+                               f"step {manager.latest_step()} in {manager.directory}")
+                    log.error("%s", message)
+                    raise TrainingStopped(message)
                 losses.append(loss)
                 bar.update(1)
                 done = step + 1
@@ -154,7 +162,8 @@ def train(config: ConfigDict, workdir: str) -> dict:
             if stage.finish is not None:
                 stats_loader = make_loader(source, tc.batch_size, seed=config.data.seed + 1)
                 extra = stage.finish(state["params"], [next(stats_loader) for _ in range(FINISH_BATCHES)])
-            ckpt.save_export(workdir, state["params"], dict(stage.info, steps=tc.steps, **extra))
+            exported = state["params"] if stage.export_params is None else stage.export_params(state["params"])
+            ckpt.save_export(workdir, exported, dict(stage.info, steps=tc.steps, **extra))
         n = max(1, len(losses) // 10)
         summary = dict(stage=stage.name, workdir=workdir, step=int(state["step"]), finished=finished,
                        first_10pct_loss=float(np.mean(losses[:n])) if losses else None,

@@ -21,3 +21,16 @@ def make_optimizer(name: str, lr: float, *, weight_decay: float = 0.0, b1: float
         opt = optax.rmsprop(schedule, decay=rms_decay)
     chain = [optax.clip_by_global_norm(grad_clip)] if grad_clip else []
     return optax.chain(*chain, opt), schedule
+
+
+def make_adversarial_optimizer(tc):
+    """Separate RMSProp (alpha = train.rms_decay) for ``params['generator']`` and
+    ``params['discriminator']``, each with its own clipping, so one player's gradient
+    scale never throttles the other's. lr: ``train.lr`` (generator), ``train.disc_lr``
+    (discriminator; 0 = the same). Returns (transform, the generator's lr schedule)."""
+    g, schedule = make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay, rms_decay=tc.rms_decay,
+                                 grad_clip=tc.grad_clip, warmup_steps=tc.warmup_steps)
+    d, _ = make_optimizer(tc.optimizer, tc.disc_lr or tc.lr, weight_decay=tc.weight_decay, rms_decay=tc.rms_decay,
+                          grad_clip=tc.grad_clip, warmup_steps=tc.warmup_steps)
+    labels = lambda params: {k: k for k in params}  # noqa: E731
+    return optax.multi_transform({"generator": g, "discriminator": d}, labels), schedule

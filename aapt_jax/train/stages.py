@@ -7,6 +7,8 @@ vae        the (tiny) causal VAE: reconstruction + KL        random init
 base       stage 0: bidirectional flow-matching DiT          random init
 adapt      stage 1: causal generator, teacher forcing        ``base`` export or diffusers
 distill    stage 2: consistency distillation to one step     ``adapt`` export
+adversarial stage 3: adversarial post-training (G and D)     G: ``distill`` (or ``adversarial``)
+                                                             export; D: ``adapt`` export
 =========  ================================================  ===========================
 
 Batches arrive as ``{'video': uint8 [B, 1+4K, H, W, 3], 'text': [B, Lt, D], controls...}``
@@ -16,6 +18,7 @@ and are encoded by the frozen VAE inside the jitted step.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 import jax
@@ -25,17 +28,26 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from aapt_jax import configs
+from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.vae_source import load_vae
 from aapt_jax.io.generator_source import load_generator
 from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.controls import control_maps
+from aapt_jax.model.discriminator import Discriminator, DiscriminatorConfig
 from aapt_jax.model.dit import WanDiT, create
 from aapt_jax.sample import flow_sampler
 from aapt_jax.sample.streaming import init_state, rollout_frames
-from aapt_jax.train import objectives
+from aapt_jax.train import adversarial, objectives
+from aapt_jax.train.optim import make_adversarial_optimizer
 
-STAGES = ("vae", "base", "adapt", "distill")
-NEEDS_INIT = {"adapt": ("base",), "distill": ("adapt",)}
+STAGES = ("vae", "base", "adapt", "distill", "adversarial")
+# A generator's export may start a later stage; an adversarial run may continue another
+# (e.g. long-video training after student forcing).
+NEEDS_INIT = {"adapt": ("base",), "distill": ("adapt",), "adversarial": ("distill", "adversarial")}
+DISC_INIT = ("adapt",)
+# Fields that must agree between the generator and a discriminator checkpoint.
+ARCHITECTURE = ("num_layers", "num_heads", "head_dim", "ffn_dim", "latent_channels", "patch_size", "text_dim",
+                "freq_dim", "causal", "recycle_input", "control_channels")
 
 
 @dataclasses.dataclass
@@ -48,6 +60,13 @@ class Stage:
     sample: Callable                  # (params, frozen, batch, key) -> (real, fake) videos [B,T,H,W,3] in [-1,1]
     info: dict                        # what the export records (stage, model config...)
     finish: Callable | None = None    # (params, batches) -> extra info fields, run before export
+    # Stages with more than one player (the adversarial stage) give their gradients
+    # directly and bring their own optimizer; the others are value_and_grad of ``loss``.
+    grads: Callable | None = None     # (params, frozen, batch, key) -> (grads like params, metrics)
+    optimizer: tuple | None = None    # (optax transform, lr schedule) replacing the config's
+    clips_per_example: int = 1        # data clips one batch element consumes
+    export_params: Callable | None = None  # params -> what the export holds (default: all)
+    check_metrics: Callable | None = None  # host metrics -> reason to stop, or None
 
 
 def _pure(state):
@@ -75,12 +94,28 @@ def check_data_geometry(config: ConfigDict, vcfg) -> None:
 
 
 def make_encoder(config: ConfigDict, vcfg, vae_graphdef):
-    """(vae_params, batch) -> (latents [B,1+K,h,w,C] normalized, text, controls [B,K,h,w,Cc] | None)."""
+    """(vae_params, batch) -> (latents [B,1+K,h,w,C] normalized, text, controls [B,K,h,w,Cc] | None).
+
+    A batch carries either ``video`` uint8 ``[B,1+4K,H,W,3]`` (encoded here by the frozen VAE)
+    or ``latents`` float32 ``[B,1+K,h,w,C]``, the same VAE's raw posterior mean cached by
+    ``launch.encode`` (``data.source='latents'``); both are normalized the same way.
+    """
     ctrl_cfg = configs.control_config(config)
     hw = (config.video.height, config.video.width)
+    data = config.get("data")
+    if data is not None and data.get("source") == "latents":
+        # Fail before the generator loads or anything compiles: the shards must fit the data
+        # config, this run's VAE (it normalizes and decodes them) and the control kind.
+        from aapt_jax.data.latent_shards import check_for_training
+        from aapt_jax.data.sources import validate_data_config
+
+        check_for_training(validate_data_config(data), vcfg, ctrl_cfg.kind)
 
     def encode(vae_params, batch):
-        mean, _ = vae_lib.encode(vae_graphdef, vae_params, _to_unit(batch["video"]))
+        if "latents" in batch:
+            mean = jnp.asarray(batch["latents"], jnp.float32)
+        else:
+            mean, _ = vae_lib.encode(vae_graphdef, vae_params, _to_unit(batch["video"]))
         latents = vae_lib.normalize_latents(vcfg, mean)
         controls = None
         if ctrl_cfg.kind == "camera":
@@ -102,6 +137,8 @@ def build(config: ConfigDict) -> Stage:
     name = config.train.stage
     if name not in STAGES:
         raise ValueError(f"train.stage: expected one of {STAGES}, got {name!r}")
+    if name == "vae" and config.data.source == "latents":
+        raise ValueError("data.source: the vae stage trains on pixels; expected a video source, got 'latents'")
     vcfg, vae_graphdef, vae_params = _vae(config, trainable=(name == "vae"))
     check_data_geometry(config, vcfg)
     tc = config.train
@@ -155,6 +192,9 @@ def build(config: ConfigDict) -> Stage:
 
         return Stage(name, graphdef, params, {"vae": vae_params}, loss, sample, info)
 
+    if name == "adversarial":
+        return _adversarial_stage(config, cfg, graphdef, params, encode, decode, vae_params, info)
+
     # distill: the student starts as the teacher.
     def loss(params, frozen, batch, key):
         latents, text, controls = encode(frozen["vae"], batch)
@@ -162,16 +202,86 @@ def build(config: ConfigDict) -> Stage:
                                            latents, text, controls, key, num_steps=tc.distill_steps,
                                            shift=tc.shift)
 
+    sample = _one_step_sampler(graphdef, encode, decode)
+    # The teacher is a copy: the student's buffers are donated to each update.
+    teacher = jax.tree.map(jnp.copy, params)
+    return Stage(name, graphdef, params, {"vae": vae_params, "teacher": teacher}, loss, sample, info)
+
+
+def _one_step_sampler(graphdef, encode, decode, params_of=lambda p: p):
+    """(params, frozen, batch, key) -> (real, streamed) videos of a one-step generator."""
     def sample(params, frozen, batch, key):
         latents, text, controls = encode(frozen["vae"], batch)
-        model = nnx.merge(graphdef, params)
+        model = nnx.merge(graphdef, params_of(params))
         noise = jax.random.normal(key, latents[:, 1:].shape)
         _, fake = rollout_frames(model, init_state(model, latents[:, :1], text), noise, controls)
         return decode(frozen["vae"], latents), decode(frozen["vae"], jnp.concatenate([latents[:, :1], fake], 1))
 
-    # The teacher is a copy: the student's buffers are donated to each update.
-    teacher = jax.tree.map(jnp.copy, params)
-    return Stage(name, graphdef, params, {"vae": vae_params, "teacher": teacher}, loss, sample, info)
+    return sample
+
+
+def adversarial_config(config: ConfigDict) -> adversarial.AdversarialConfig:
+    tc = config.train
+    return adversarial.AdversarialConfig(
+        forcing=tc.forcing, segment_frames=tc.segment_frames or config.data.latent_frames, overlap=tc.overlap,
+        extensions=tc.extensions, r_sigma=tc.r_sigma, r_lambda=tc.r_lambda)
+
+
+def load_discriminator_backbone(source: str, cfg, seed: int):
+    """The stage 1 weights the discriminator starts from; refuses an export whose generator
+    architecture differs from ``cfg`` (the generator's), naming the differing fields."""
+    info = ckpt.export_info(source) if source and os.path.exists(source) else None
+    if info is not None and "model" in info:
+        theirs = info["model"]
+        mine = cfg.to_dict()
+        differ = [f for f in ARCHITECTURE if f in theirs and _norm_field(theirs[f]) != _norm_field(mine[f])]
+        if differ:
+            raise ValueError("train.disc_init_from: the discriminator checkpoint in " + source + " does not match the "
+                             "generator's architecture: " + ", ".join(f"{f}={theirs[f]!r} (generator {mine[f]!r})"
+                                                                      for f in differ))
+    params, _ = load_generator(source, cfg, stages=DISC_INIT, seed=seed, field="train.disc_init_from")
+    return params
+
+
+def _norm_field(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else v
+
+
+def _adversarial_stage(config, cfg, graphdef, g_params, encode, decode, vae_params, info) -> Stage:
+    tc = config.train
+    acfg = adversarial_config(config)
+    acfg.check(config.data.latent_frames)
+    dcfg = DiscriminatorConfig(layers=tuple(tc.disc_layers), head_dim=tc.disc_head_dim)
+    dcfg.resolved_layers(cfg.num_layers)
+    d_graphdef, d_state = nnx.split(Discriminator(cfg, dcfg, rngs=nnx.Rngs(tc.seed + 1)))
+    d_params = _pure(d_state)
+    if not tc.random_init:
+        d_params["backbone"] = load_discriminator_backbone(tc.disc_init_from, cfg, tc.seed)
+    params = {"generator": g_params, "discriminator": d_params}
+
+    def grads(params, frozen, batch, key):
+        latents, text, controls = encode(frozen["vae"], batch)
+        return adversarial.adversarial_grads(acfg, graphdef, d_graphdef, params, latents, text, controls, key)
+
+    def check_metrics(metrics):
+        for name in ("logits_real", "logits_fake"):
+            value = float(metrics[name])
+            if not abs(value) <= tc.max_logit:
+                return f"{name} = {value:.4g} exceeds train.max_logit = {tc.max_logit} (the discriminator diverged)"
+        return None
+
+    def one_clip(batch):  # samples use the first segment's clips
+        n = jax.tree.leaves(batch)[0].shape[0] // acfg.segments
+        return jax.tree.map(lambda x: x[:n], batch)
+
+    one_step = _one_step_sampler(graphdef, encode, decode, params_of=lambda p: p["generator"])
+    optimizer = make_adversarial_optimizer(tc)
+    info = dict(info, forcing=acfg.forcing, extensions=acfg.extensions, segment_frames=acfg.segment_frames,
+                overlap=acfg.overlap, discriminator=dataclasses.asdict(dcfg))
+    return Stage("adversarial", graphdef, params, {"vae": vae_params},
+                 loss=None, sample=lambda p, f, b, k: one_step(p, f, one_clip(b), k), info=info, grads=grads,
+                 optimizer=optimizer, clips_per_example=acfg.segments,
+                 export_params=lambda p: p["generator"], check_metrics=check_metrics)
 
 
 def _vae_stage(config, vcfg, graphdef, params) -> Stage:

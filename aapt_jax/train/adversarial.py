@@ -1,0 +1,263 @@
+"""Stage 3: adversarial post-training (paper 2.2, App. B and D), as pure functions.
+
+One update computes the generator's and the discriminator's gradients from the same
+generated videos (the discriminator sees them detached):
+
+* generator: ``softplus(-(D(fake) - D(real)))`` (maximizing ``f_G(x) = -log(1 + e^-x)``),
+* discriminator: ``softplus(D(fake) - D(real)) + aR1 + aR2`` (maximizing
+  ``f_D(x) = -log(1 + e^x)``), with the approximated R1/R2 of APT:
+  ``lambda * ||D(x) - D(x + sigma eps)||^2`` on real and on generated frames (finite
+  differences instead of a gradient penalty, so no double backward).
+
+Logits are per frame (``[B, K]``); the relativistic pair is formed frame by frame and
+averaged. Every logit is computed with the same ``t ~ U(0, 1)`` per sample, so a pair
+differs only in the video.
+
+Generation modes (``AdversarialConfig.forcing``):
+
+* ``student``: the generator gets only the ground-truth first frame and rolls out with the
+  KV cache exactly as the streaming sampler does (:func:`rollout_frames` under
+  ``lax.scan``), the recycled frame detached, gradients flowing through the cache.
+  With ``extensions = E > 0`` it then generates ``E`` more segments, each continuing from
+  the previous segment's detached state; a segment is judged together with the last
+  ``overlap`` frames before it, against a different real clip, and its generator gradient
+  is taken before the next segment runs (gradient accumulation: memory stays that of one
+  segment). The extended segments follow the controls of other clips (new camera paths).
+* ``teacher`` (App. D ablation): the generator predicts every frame in parallel from the
+  ground-truth previous frames; the discriminator judges each generated frame against the
+  real frames before it, running over the real video with its KV cache.
+
+Batches hold ``(1 + E) * B`` clips; clip group ``j`` provides segment ``j``'s real video
+and controls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from aapt_jax.model.discriminator import Discriminator
+from aapt_jax.sample.streaming import init_state, rollout_frames
+
+FORCING = ("student", "teacher")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdversarialConfig:
+    """forcing: 'student' | 'teacher'; segment_frames: generated latent frames judged per
+    segment (``K``); overlap: frames of the previous segment each extended segment is
+    judged with; extensions: extra segments; r_sigma/r_lambda: aR1/aR2 noise and weight."""
+    forcing: str = "student"
+    segment_frames: int = 8
+    overlap: int = 2
+    extensions: int = 0
+    r_sigma: float = 0.1
+    r_lambda: float = 1000.0
+
+    def check(self, clip_frames: int) -> None:
+        """ValueErrors naming the field, before anything compiles. ``clip_frames``: the
+        latent frames after the first in each data clip."""
+        if self.forcing not in FORCING:
+            raise ValueError(f"train.forcing: expected one of {FORCING}, got {self.forcing!r}")
+        if not 1 <= self.segment_frames <= clip_frames:
+            raise ValueError(f"train.segment_frames: expected 1..{clip_frames} (the data clips' latent frames after "
+                             f"the first, data.latent_frames), got {self.segment_frames}")
+        if self.extensions < 0:
+            raise ValueError(f"train.extensions: expected >= 0, got {self.extensions}")
+        if self.extensions and not 0 <= self.overlap < self.segment_frames:
+            raise ValueError(f"train.overlap: expected 0 <= overlap < segment_frames ({self.segment_frames}), "
+                             f"got {self.overlap}")
+        if self.extensions and self.forcing != "student":
+            raise ValueError("train.extensions: long-video training generates autoregressively; it needs "
+                             f"forcing='student', got {self.forcing!r}")
+        if not (self.r_sigma > 0 and self.r_lambda >= 0):
+            raise ValueError(f"train.r_sigma/r_lambda: expected sigma > 0 and lambda >= 0, got "
+                             f"{self.r_sigma}, {self.r_lambda}")
+
+    @property
+    def segments(self) -> int:
+        return 1 + self.extensions
+
+    def video_frames(self) -> int:
+        """Latent frames of the whole generated video (first frame included)."""
+        return 1 + self.segment_frames + self.extensions * (self.segment_frames - self.overlap)
+
+
+def generator_loss(fake_logits, real_logits):
+    return jnp.mean(jax.nn.softplus(-(fake_logits - real_logits)))
+
+
+def discriminator_loss(fake_logits, real_logits):
+    return jnp.mean(jax.nn.softplus(fake_logits - real_logits))
+
+
+def _perturb(video, key, sigma):
+    """Gaussian perturbation of the judged frames ``1..K`` (frame 0 is the shared condition)."""
+    noise = sigma * jax.random.normal(key, video[:, 1:].shape, video.dtype)
+    return jnp.concatenate([video[:, :1], video[:, 1:] + noise], axis=1)
+
+
+def teacher_forced_logits(disc: Discriminator, real, fake, t, text, controls):
+    """Logits of generated frames each judged against the real frames before it (App. D).
+
+    real: ``[B, 1 + K, h, w, C]``; fake: ``[B, K, h, w, C]`` (frame ``k`` generated from
+    real frame ``k - 1``); controls ``[B, K, h, w, Cc]`` or None.
+    Returns (fake logits, real logits), each ``[B, K]``; the real ones equal ``disc(real)``.
+    """
+    cache = init_state(disc.backbone, real[:, :1], text).cache
+
+    def body(cache, xs):
+        p, fake_p, real_p, real_next, ctrl = xs
+        ctrl = None if ctrl is None else ctrl[:, None]
+        _, lf = disc.step(cache, p, fake_p[:, None], real_p[:, None], t, ctrl, commit=False)
+        cache, lr = disc.step(cache, p, real_next[:, None], real_p[:, None], t, ctrl)
+        return cache, (lf[:, 0], lr[:, 0])
+
+    K = fake.shape[1]
+    move = lambda x: None if x is None else jnp.moveaxis(x, 1, 0)  # noqa: E731
+    xs = (jnp.arange(K, dtype=jnp.int32), move(fake), move(real[:, :-1]), move(real[:, 1:]), move(controls))
+    _, (lf, lr) = jax.lax.scan(body, cache, xs)
+    return jnp.moveaxis(lf, 0, 1), jnp.moveaxis(lr, 0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Segments:
+    """The per-segment data of one update (leading axis: segment)."""
+    real: jax.Array          # [S, B, 1 + K, h, w, C]
+    controls: object         # [S, B, K, h, w, Cc] or None
+
+
+def split_segments(acfg: AdversarialConfig, latents, controls) -> tuple[jax.Array, Segments]:
+    """Batch of ``S * B`` clips -> (first frame ``[B, 1, h, w, C]``, :class:`Segments`)."""
+    S, K = acfg.segments, acfg.segment_frames
+    n = latents.shape[0]
+    if n % S:
+        raise ValueError(f"batch: expected a multiple of {S} clips (1 + train.extensions), got {n}")
+    group = lambda x: x.reshape(S, n // S, *x.shape[1:])  # noqa: E731
+    real = group(latents[:, :1 + K])
+    return real[0, :, :1], Segments(real, None if controls is None else group(controls[:, :K]))
+
+
+def _tail(x, n):
+    return None if x is None else x[:, x.shape[1] - n:]
+
+
+def _cat(a, b):
+    return None if a is None else jnp.concatenate([a, b], axis=1)
+
+
+def adversarial_grads(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, latents, text, controls, key):
+    """Gradients of one adversarial update.
+
+    params: ``{'generator': ..., 'discriminator': ...}`` pure dicts; latents
+    ``[S*B, 1+Kd, h, w, C]`` normalized; text ``[S*B, Lt, D]``; controls
+    ``[S*B, Kd, h, w, Cc]`` or None. Returns (grads like params, metrics).
+    """
+    first, seg = split_segments(acfg, latents, controls)
+    S, K, O = acfg.segments, acfg.segment_frames, acfg.overlap
+    B = first.shape[0]
+    text = text[:B]
+    k_t, k_noise, k_r1, k_r2 = jax.random.split(key, 4)
+    t = jax.random.uniform(k_t, (B,))
+    d_params = params["discriminator"]
+    disc = nnx.merge(d_graphdef, d_params)
+    sg = jax.lax.stop_gradient
+
+    def real_logits_of(j):
+        ctrl = None if seg.controls is None else seg.controls[j]
+        return sg(disc(seg.real[j], t, text, ctrl))
+
+    # ---- generator: segment by segment, gradients accumulated ------------------------------
+    fakes, fake_controls, g_losses, real_logits, fake_logits = [], [], [], [], []
+    g_grads = None
+    if acfg.forcing == "teacher":
+        real = seg.real[0]
+        ctrl = None if seg.controls is None else seg.controls[0]
+
+        def g_loss(gp):
+            gen = nnx.merge(g_graphdef, gp)
+            noise = jax.random.normal(k_noise, real[:, 1:].shape, real.dtype)
+            v = gen(noise, jnp.full((B,), 1000.0), text, recycled=real[:, :-1], control=ctrl)
+            frames = noise - v
+            lf, lr = teacher_forced_logits(disc, real, frames, t, text, ctrl)
+            return generator_loss(lf, sg(lr)), (frames, lf, lr)
+
+        (loss, (frames, lf, lr)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(params["generator"])
+        fakes.append(sg(jnp.concatenate([real[:, :1], frames], axis=1)))
+        fake_controls.append(ctrl)
+        g_losses.append(loss)
+        real_logits.append(lr)
+        fake_logits.append(lf)
+    else:
+        state, context, context_ctrl = None, first, None
+        for j in range(S):
+            new = K if j == 0 else K - O
+            noise = jax.random.normal(jax.random.fold_in(k_noise, j), (B, new, *first.shape[2:]), first.dtype)
+            # segment 0 follows its clip's path; later ones the tail of another clip's path
+            ctrl_new = None if seg.controls is None else seg.controls[j][:, K - new:]
+            seg_ctrl = ctrl_new if j == 0 else _cat(context_ctrl, ctrl_new)
+            lr = real_logits_of(j)
+
+            def g_loss(gp, state=state, context=context, noise=noise, ctrl_new=ctrl_new, seg_ctrl=seg_ctrl, lr=lr):
+                gen = nnx.merge(g_graphdef, gp)
+                st = init_state(gen, first, text) if state is None else state
+                st, frames = rollout_frames(gen, st, noise, ctrl_new, detach_recycled=True)
+                video = jnp.concatenate([context, frames], axis=1)
+                lf = disc(video, t, text, seg_ctrl)
+                return generator_loss(lf, lr), (st, video, lf)
+
+            (loss, (state, video, lf)), grads = jax.value_and_grad(g_loss, has_aux=True)(params["generator"])
+            # the next segment continues from this one's cache, detached (paper 2.2)
+            state, video = sg(state), sg(video)
+            g_grads = grads if g_grads is None else jax.tree.map(jnp.add, g_grads, grads)
+            fakes.append(video)
+            fake_controls.append(seg_ctrl)
+            g_losses.append(loss)
+            real_logits.append(lr)
+            fake_logits.append(lf)
+            context = video[:, video.shape[1] - (O + 1):]
+            context_ctrl = _tail(seg_ctrl, O)
+        g_grads = jax.tree.map(lambda g: g / S, g_grads)
+
+    # ---- discriminator: all segments in one batch ----------------------------------------------
+    fake_videos = jnp.concatenate(fakes, axis=0)                      # [S*B, 1 + K, ...]
+    real_videos = seg.real.reshape(-1, *seg.real.shape[2:])
+    real_ctrl = None if seg.controls is None else seg.controls.reshape(-1, *seg.controls.shape[2:])
+    fake_ctrl = None if seg.controls is None else jnp.concatenate(fake_controls, axis=0)
+    tt, text_all = jnp.tile(t, S), jnp.tile(text, (S, 1, 1))
+
+    def d_loss(dp):
+        d = nnx.merge(d_graphdef, dp)
+        real_p = _perturb(real_videos, k_r1, acfg.r_sigma)
+        fake_p = _perturb(fake_videos, k_r2, acfg.r_sigma)
+        if acfg.forcing == "teacher":
+            ref = seg.real[0]
+            lf, lr = teacher_forced_logits(d, ref, fake_videos[:, 1:], tt, text_all, real_ctrl)
+            lf_p, _ = teacher_forced_logits(d, ref, fake_p[:, 1:], tt, text_all, real_ctrl)
+            lr_p = d(real_p, tt, text_all, real_ctrl)
+        else:
+            both = jnp.concatenate([real_videos, fake_videos, real_p, fake_p], axis=0)
+            ctrl = None if real_ctrl is None else jnp.concatenate([real_ctrl, fake_ctrl] * 2, axis=0)
+            logits = d(both, jnp.tile(tt, 4), jnp.tile(text_all, (4, 1, 1)), ctrl)
+            lr, lf, lr_p, lf_p = jnp.split(logits, 4, axis=0)
+        adv = discriminator_loss(lf, lr)
+        r1 = acfg.r_lambda * jnp.mean(jnp.square(lr - lr_p))
+        r2 = acfg.r_lambda * jnp.mean(jnp.square(lf - lf_p))
+        return adv + r1 + r2, (adv, r1, r2, lr, lf)
+
+    (d_total, (d_adv, r1, r2, lr_d, lf_d)), d_grads = jax.value_and_grad(d_loss, has_aux=True)(d_params)
+    g_loss_mean = jnp.mean(jnp.stack(g_losses))
+    metrics = {
+        "loss": g_loss_mean + d_total, "g_loss": g_loss_mean, "d_loss": d_adv, "r1": r1, "r2": r2,
+        "logits_real": jnp.mean(lr_d), "logits_fake": jnp.mean(lf_d),
+        "logit_gap": jnp.mean(jnp.concatenate(real_logits, 1) - jnp.concatenate(fake_logits, 1)),
+        "g_grad_norm": _norm(g_grads), "d_grad_norm": _norm(d_grads),
+    }
+    return {"generator": g_grads, "discriminator": d_grads}, metrics
+
+
+def _norm(tree):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
