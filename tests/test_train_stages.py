@@ -1,43 +1,45 @@
-"""The stages chain from an empty workdir: vae -> base (0) -> adapt (1) -> distill (2)."""
+"""The whole chain from an empty workdir: vae -> base (0) -> adapt (1) -> distill (2) ->
+adversarial (3), then the drift report, through ``python -m launch.pipeline``."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 
 from aapt_jax.io import checkpoint as ckpt
+from aapt_jax.io.vae_source import load_vae
 from aapt_jax.io.video import read_video
-from aapt_jax.train.loop import train
-from configs import tiny_world
+
+OVERRIDES = ["video.height=32", "video.width=32", "data.height=32", "data.width=32", "data.latent_frames=2",
+             "train.steps=3", "train.batch_size=1", "train.checkpoint_every=3", "train.log_every=1",
+             "train.sample_every=3", "train.warmup_steps=0", "train.sample_steps=2", "train.distill_steps=4"]
 
 
-def _config(stage, **train_fields):
-    c = tiny_world.get_config(stage)
-    c.video.height = c.video.width = c.data.height = c.data.width = 32
-    c.data.latent_frames = min(c.data.latent_frames, 2)
-    c.train.update(dict(steps=3, batch_size=1, checkpoint_every=3, log_every=1, sample_every=3, warmup_steps=0,
-                        sample_steps=2, distill_steps=4))
-    c.train.update(train_fields)
-    return c
+def _pipeline(workdir):
+    cmd = [sys.executable, "-m", "launch.pipeline", f"--workdir={workdir}", "--seconds=1", "--paths=1",
+           "--eval_stages=adapt,adversarial", *[f"--override={o}" for o in OVERRIDES]]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
 
 
-def test_stage_chain_runs_and_exports(tmp_path):
-    runs = {s: tmp_path / s for s in ("vae", "base", "adapt", "distill")}
-    train(_config("vae"), str(runs["vae"]))
-    from aapt_jax.io.vae_source import load_vae
-
-    vae_info = ckpt.export_info(str(runs["vae"]))
+def test_pipeline_runs_every_stage_and_reports_drift(tmp_path):
+    proc = _pipeline(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    vae_info = ckpt.export_info(str(tmp_path / "vae"))
     assert len(vae_info["latents_mean"]) == len(vae_info["latents_std"]) == 16
     assert all(s > 0 for s in vae_info["latents_std"])
-    vcfg, _, _ = load_vae("tiny", str(runs["vae"]))
+    vcfg, _, _ = load_vae("tiny", str(tmp_path / "vae"))
     assert vcfg.std == tuple(vae_info["latents_std"])  # the generator stages train on normalized latents
-    for stage, init in (("base", ""), ("adapt", "base"), ("distill", "adapt")):
-        c = _config(stage, init_from=str(runs[init]) if init else "")
-        c.vae.checkpoint = str(runs["vae"])
-        summary = train(c, str(runs[stage]))
+    for stage in ("base", "adapt", "distill", "adversarial"):
+        run = tmp_path / stage
+        summary = json.loads((run / "summary.json").read_text())
         assert summary["finished"] and np.isfinite(summary["last_10pct_loss"]), summary
-        info = ckpt.export_info(str(runs[stage]))
+        info = ckpt.export_info(str(run))
         assert info["stage"] == stage and info["model"]["causal"] == (stage != "base")
-        video = read_video(str(runs[stage] / "samples" / "step_3.mp4"), 32, 64)  # real | generated
+        video = read_video(str(run / "samples" / "step_3.mp4"), 32, 64)  # real | generated
         assert video.shape == (1 + 4 * 2, 32, 64, 3)
-        assert (runs[stage] / "tb").exists() and any((runs[stage] / "tb").iterdir())
-        assert json.loads((runs[stage] / "summary.json").read_text())["stage"] == stage
+        assert (run / "tb").exists() and any((run / "tb").iterdir())
+    assert set(report["drift"]) == {"adapt", "adversarial"}
+    for name in ("drift.json", "drift.md", "drift.png", "adversarial_path0.mp4"):
+        assert (tmp_path / "drift" / name).exists()

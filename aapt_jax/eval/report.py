@@ -1,0 +1,213 @@
+"""The long-horizon drift evaluation as a library: check the arguments, roll every model
+along the same camera paths, and write the report (see :mod:`launch.evaluate` for the
+command line and the files written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from aapt_jax.eval.drift import METRICS, drift_report
+from aapt_jax.eval.rollout import (STAGE_SAMPLERS, WORLDS, DriftRollout, check_generator_export, eval_path,
+                                   eval_text, load_generator_export, vae_reconstruction)
+from aapt_jax.io.vae_source import load_vae
+from aapt_jax.io.video import write_mp4
+from aapt_jax.train.stages import check_data_geometry
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+REFERENCE = "vae_reconstruction"
+
+
+def parse_models(spec) -> dict[str, str]:
+    """``'a=DIR1,b=DIR2'`` -> ``{'a': 'DIR1', 'b': 'DIR2'}`` (order kept); ValueError naming --models."""
+    if not spec or not str(spec).strip():
+        raise ValueError("--models: expected comma-separated name=workdir pairs, got ''")
+    models = {}
+    for item in str(spec).split(","):
+        name, sep, path = item.strip().partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise ValueError(f"--models: expected name=workdir, got {item!r} in {spec!r}")
+        if not NAME_RE.match(name) or name == REFERENCE:
+            raise ValueError(f"--models: model names are file names ([A-Za-z0-9_.-], not {REFERENCE!r}), "
+                             f"got {name!r}")
+        if name in models:
+            raise ValueError(f"--models: the name {name!r} appears twice in {spec!r}")
+        models[name] = path
+    return models
+
+
+def parse_seconds(spec, fps: float, temporal: int) -> list[int]:
+    """``'10,60'`` -> sorted unique ints; each must be a whole number of latent frames."""
+    try:
+        seconds = sorted({int(s) for s in str(spec).split(",")})
+    except ValueError:
+        raise ValueError(f"--seconds: expected comma-separated positive ints, got {spec!r}") from None
+    if not seconds or seconds[0] < 1:
+        raise ValueError(f"--seconds: expected comma-separated positive ints, got {spec!r}")
+    for s in seconds:
+        frames = s * fps
+        if frames != int(frames) or int(frames) % temporal:
+            raise ValueError(f"--seconds: {s} s at video.fps={fps} is {frames} video frames, not a multiple of "
+                             f"the VAE's {temporal} frames per latent frame")
+    return seconds
+
+
+def check_args(config: ConfigDict, vae: str, models: str, seconds: str, paths: int, seed: int,
+               worlds: str = "heldout") -> dict:
+    """Every flag checked and every export's info read; nothing loaded or compiled.
+
+    Returns ``{'models': {name: (workdir, stage, sampler, cfg)}, 'seconds': [...],
+    'latent_frames': K}``.
+    """
+    fps, temporal = config.video.fps, config.video.vae_temporal
+    parsed_seconds = parse_seconds(seconds, fps, temporal)
+    if isinstance(paths, bool) or not isinstance(paths, int) or paths < 1:
+        raise ValueError(f"--paths: expected an int >= 1, got {paths!r}")
+    if worlds not in WORLDS:
+        raise ValueError(f"--worlds: expected one of {WORLDS}, got {worlds!r}")
+    if seed == config.data.seed:
+        raise ValueError(f"--seed: expected a seed distinct from the training data seed (config.data.seed), "
+                         f"got {seed}")
+    if not vae:
+        raise ValueError("--vae: expected the workdir of a finished 'vae' stage, got ''")
+    if not os.path.exists(vae):
+        raise ValueError(f"--vae: {vae} does not exist")
+    checked = {}
+    for name, workdir in parse_models(models).items():
+        info, cfg = check_generator_export(workdir, config, field=f"--models ({name})")
+        checked[name] = (workdir, info["stage"], STAGE_SAMPLERS[info["stage"]], cfg)
+    return {"models": checked, "seconds": parsed_seconds,
+            "latent_frames": int(parsed_seconds[-1] * fps) // temporal}
+
+
+def _mean_over_paths(reports: list[dict]) -> dict:
+    return {m: [float(v) for v in np.mean([r[m] for r in reports], axis=0)] for m in METRICS}
+
+
+def horizon_summary(per_second: dict, seconds: list[int]) -> dict:
+    """Per horizon ``H``: the metrics at second ``H`` (``*_last``) and PSNR/SSIM means over 1..H."""
+    out = {}
+    for h in seconds:
+        row = {f"{m}_last": per_second[m][h - 1] for m in METRICS}
+        row.update(psnr_mean=float(np.mean(per_second["psnr"][:h])), ssim_mean=float(np.mean(per_second["ssim"][:h])),
+                   color_distance_mean=float(np.mean(per_second["color_distance"][:h])))
+        out[str(h)] = row
+    return out
+
+
+def markdown_table(result: dict) -> str:
+    lines = ["| model | stage | horizon (s) | PSNR last (dB) | PSNR mean (dB) | SSIM last | SSIM mean | "
+             "sharpness last (gen / real) | colour distance last |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = list(result["models"].items()) + [(REFERENCE, result["reference"])]
+    for name, entry in rows:
+        for h, s in entry["horizons"].items():
+            lines.append(f"| {name} | {entry['stage']} | {h} | {s['psnr_last']:.2f} | {s['psnr_mean']:.2f} | "
+                         f"{s['ssim_last']:.3f} | {s['ssim_mean']:.3f} | "
+                         f"{s['sharpness_last']:.1f} / {s['sharpness_real_last']:.1f} | "
+                         f"{s['color_distance_last']:.2f} |")
+    note = (f"\n{result['paths']} camera paths (seed {result['seed']}, {result['worlds']} worlds), "
+            f"{result['video_hw'][0]}x{result['video_hw'][1]} at {result['fps']} fps; metrics are means over "
+            f"paths; 'last' is the horizon's last second. Colour distance: per-channel 1-D Wasserstein "
+            f"distance (intensity levels) to the real second's pixels. `{REFERENCE}`: the true video through "
+            f"the VAE (the best a generator in this latent space can do).\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    rows = list(result["models"].items()) + [(REFERENCE, result["reference"])]
+    for metric, ax, label in (("psnr", axes[0], "PSNR (dB)"), ("ssim", axes[1], "SSIM")):
+        for name, entry in rows:
+            values = entry["per_second"][metric]
+            ax.plot(range(1, len(values) + 1), values, marker="." if len(values) < 30 else None,
+                    linestyle="--" if name == REFERENCE else "-", label=f"{name} ({entry['stage']})")
+        ax.set_xlabel("second")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"drift vs the true video, mean of {result['paths']} paths")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def evaluate(config: ConfigDict, *, vae: str, models: str, seconds: str, paths: int, out: str, seed: int,
+             worlds: str = "heldout") -> dict:
+    """The whole evaluation (module docstring); returns what ``drift.json`` holds."""
+    args = check_args(config, vae, models, seconds, paths, seed, worlds)
+    try:
+        vae_bundle = load_vae(config.vae.preset, vae)
+        check_data_geometry(config, vae_bundle[0])
+    except ValueError as e:
+        raise ValueError(f"--vae: {e}") from e
+    fps, K, horizons = config.video.fps, args["latent_frames"], args["seconds"]
+    generators = {name: load_generator_export(workdir, config, field=f"--models ({name})")
+                  for name, (workdir, *_) in args["models"].items()}
+    runner = DriftRollout(config, vae_bundle)
+    text = eval_text(config)
+    os.makedirs(out, exist_ok=True)
+    reports = {name: [] for name in generators}
+    reference, rollout_seconds = [], {name: [] for name in generators}
+    bar = tqdm(total=len(generators) * paths, desc="models x paths", unit="rollout")
+    for i in range(paths):
+        path = eval_path(config, i, latent_frames=K, seed=seed, worlds=worlds)
+        # Frame 0 is given (the true first frame's encoding): the seconds start after it.
+        reference.append(drift_report(vae_reconstruction(vae_bundle, path.video)[1:], path.video[1:], fps))
+        # The same key for every model on a path (models with the same sampler draw the same noise).
+        key = jax.random.fold_in(jax.random.key(seed), i)
+        for name, gen in generators.items():
+            t0 = time.perf_counter()
+            generated, real = runner(gen, path, text, key)
+            rollout_seconds[name].append(time.perf_counter() - t0)
+            reports[name].append(drift_report(generated[1:], real[1:], fps))
+            if i == 0:
+                write_mp4(os.path.join(out, f"{name}_path0.mp4"), np.concatenate([real, generated], axis=2), fps=fps)
+            bar.update(1)
+    bar.close()
+
+    def entry(stage, sampler, per_path):
+        per_second = _mean_over_paths(per_path)
+        return {"stage": stage, "sampler": sampler, "per_second": per_second, "per_path": per_path,
+                "horizons": horizon_summary(per_second, horizons)}
+
+    result = {
+        "config": config.name, "fps": fps, "video_hw": [config.video.height, config.video.width],
+        "seconds": horizons, "latent_frames": K, "video_frames": 1 + config.video.vae_temporal * K,
+        "paths": paths, "seed": seed, "worlds": worlds, "metrics": list(METRICS),
+        "multistep_sampler": {"num_steps": runner.num_steps, "shift": runner.shift},
+        "models": {}, "reference": entry("vae", "reconstruction", reference),
+    }
+    for name, gen in generators.items():
+        result["models"][name] = dict(entry(gen.stage, gen.sampler, reports[name]), workdir=gen.workdir,
+                                      window=gen.cfg.window,
+                                      # wall time of each path's rollout; the first includes compiling
+                                      rollout_seconds=rollout_seconds[name])
+    _write_text(os.path.join(out, "drift.json"), json.dumps(result, indent=1))
+    _write_text(os.path.join(out, "drift.md"), markdown_table(result))
+    plot(result, os.path.join(out, "drift.png"))
+    return result

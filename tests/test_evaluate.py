@@ -1,0 +1,134 @@
+"""`launch.evaluate`: drift of random-initialised generator exports along world camera paths.
+
+Nothing is trained: the exports are random weights saved the way the stages save them, so
+the test checks the plumbing (stage -> sampler, encode, rollout, streaming decode, metrics,
+files) and the flag errors, not the numbers.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from aapt_jax import configs
+from aapt_jax.io.checkpoint import save_export
+from aapt_jax.model import vae as vae_lib
+from aapt_jax.io.wan_transformer import abstract_params
+from aapt_jax.model.vae_config import get_vae_config
+from configs import tiny_world
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 32x32 video (4x4 latents), 8 fps (a second is 2 latent frames), a 1-layer generator.
+OVERRIDES = dict(height=32, width=32, fps=8, num_layers=1, window=2)
+
+
+def _config():
+    c = tiny_world.get_config("distill")
+    c.video.update(dict(height=OVERRIDES["height"], width=OVERRIDES["width"], fps=OVERRIDES["fps"]))
+    c.data.update(dict(height=OVERRIDES["height"], width=OVERRIDES["width"]))
+    c.model.update(dict(num_layers=OVERRIDES["num_layers"], window=OVERRIDES["window"]))
+    c.train.update(dict(sample_steps=2))
+    return c
+
+
+def _flag_overrides():
+    return [f"--config.video.height={OVERRIDES['height']}", f"--config.video.width={OVERRIDES['width']}",
+            f"--config.data.height={OVERRIDES['height']}", f"--config.data.width={OVERRIDES['width']}",
+            f"--config.video.fps={OVERRIDES['fps']}", f"--config.model.num_layers={OVERRIDES['num_layers']}",
+            f"--config.model.window={OVERRIDES['window']}", "--config.train.sample_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Workdirs of a tiny VAE export and 'adapt' / 'distill' generator exports (random weights)."""
+    root = tmp_path_factory.mktemp("exports")
+    config = _config()
+    vcfg = get_vae_config("tiny")
+    _, vae_params = vae_lib.init_vae(vcfg, 0)
+    save_export(str(root / "vae"), nnx.to_pure_dict(vae_params),
+                {"stage": "vae", "vae_preset": "tiny", "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16})
+    cfg = configs.model_config(config)
+    shapes = nnx.to_pure_dict(abstract_params(cfg))
+    for i, stage in enumerate(("adapt", "distill")):
+        # numpy draws: nnx's init compiles a sampler per parameter shape (seconds on CPU).
+        rng = np.random.default_rng(i)
+        params = jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+        save_export(str(root / stage), params, {"stage": stage, "model": cfg.to_dict(), "vae_preset": "tiny"})
+    return root
+
+
+def test_evaluate_end_to_end_writes_report(exports, tmp_path):
+    out = tmp_path / "drift"
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.evaluate", "--config=configs/tiny_world.py:distill", *_flag_overrides(),
+         f"--vae={exports / 'vae'}", f"--models=s1={exports / 'adapt'},cd={exports / 'distill'}",
+         "--seconds=1,2", "--paths=1", f"--out={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "drift.json").read_text())
+    assert result["seconds"] == [1, 2] and result["latent_frames"] == 4 and result["video_frames"] == 17
+    assert set(result["models"]) == {"s1", "cd"}
+    assert result["models"]["s1"]["stage"] == "adapt" and result["models"]["s1"]["sampler"] == "multistep"
+    assert result["models"]["cd"]["sampler"] == "onestep"
+    for entry in list(result["models"].values()) + [result["reference"]]:
+        for metric in ("psnr", "ssim", "sharpness", "sharpness_real", "color_distance"):
+            values = entry["per_second"][metric]
+            assert len(values) == 2 and np.isfinite(values).all(), (metric, values)
+        assert set(entry["horizons"]) == {"1", "2"}
+        assert {"psnr_last", "psnr_mean", "ssim_last", "ssim_mean", "sharpness_last", "sharpness_real_last",
+                "color_distance_last"} <= set(entry["horizons"]["2"])
+        assert entry["horizons"]["1"]["psnr_last"] == entry["per_second"]["psnr"][0]
+    table = (out / "drift.md").read_text()
+    assert "| s1 | adapt | 2 |" in table and "| cd | distill | 1 |" in table
+    assert (out / "drift.png").stat().st_size > 1000
+    from aapt_jax.io.video import read_video
+
+    video = read_video(str(out / "cd_path0.mp4"), 32, 64)  # real | generated
+    assert video.shape == (17, 32, 64, 3)
+    assert (out / "s1_path0.mp4").exists()
+
+
+def test_bad_flags_fail_before_anything_compiles(exports, tmp_path):
+    from aapt_jax.eval import report as evaluate
+
+    compiled = []
+
+    def on_event(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(event)
+
+    config = _config()
+    good = dict(vae=str(exports / "vae"), models=f"cd={exports / 'distill'}", seconds="1", paths=1,
+                out=str(tmp_path / "o"), seed=5)
+    cases = [
+        (dict(models="cd"), r"--models: expected name=workdir, got 'cd'"),
+        (dict(models=""), r"--models: expected comma-separated name=workdir pairs"),
+        (dict(models=f"a={exports / 'adapt'},a={exports / 'distill'}"), r"--models: the name 'a' appears twice"),
+        (dict(models=f"cd={tmp_path / 'missing'}"), r"--models \(cd\): .*missing' is not a directory"),
+        (dict(models=f"v={exports / 'vae'}"), r"--models \(v\): .* holds a 'vae' stage, expected a generator stage"),
+        (dict(models=f"e={tmp_path}"), r"--models \(e\): .*info.json: not found"),
+        (dict(vae=str(tmp_path / "novae")), r"--vae: .*novae does not exist"),
+        (dict(vae=str(exports / "adapt")), r"--vae: .*holds a 'adapt' stage, expected 'vae'"),
+        (dict(seconds="1.5"), r"--seconds: expected comma-separated positive ints"),
+        (dict(seconds="0,2"), r"--seconds: expected comma-separated positive ints"),
+        (dict(paths=0), r"--paths: expected an int >= 1"),
+        (dict(seed=config.data.seed), r"--seed: expected a seed distinct from the training data seed"),
+    ]
+    odd = _config()
+    odd.video.fps = 6  # 1 s = 6 video frames: not whole latent frames
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        for change, message in cases:
+            with pytest.raises(ValueError, match=message):
+                evaluate.evaluate(config, **{**good, **change})
+        with pytest.raises(ValueError, match=r"--seconds: 1 s at video.fps=6 is 6 video frames"):
+            evaluate.evaluate(odd, **good)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    assert not compiled, "compiled before the flags were checked"
+    assert not (tmp_path / "o").exists()
