@@ -2,7 +2,8 @@
 
 ``student_forcing_step_s``: seconds per update with the generator rolling out through its
 KV cache (the default mode); ``teacher_forcing_step_s`` (App. D mode) and
-``long_video_step_s`` (one extension segment) for comparison. Peak memory comes from the
+``long_video_step_s`` (one extension segment) and ``student_forcing_remat_step_s``
+(remat per block) for comparison. Peak memory comes from the
 compiled update's ``memory_analysis()``: arguments + outputs + temporaries - aliased
 (donated) buffers, i.e. what XLA plans to hold at once, not a sampled RSS.
 """
@@ -24,8 +25,8 @@ def _peak_bytes(step, state, frozen, batch) -> int | None:
                - analysis.alias_size_in_bytes)
 
 
-def update_time(name: str, measure_steps: int, warmup_steps: int = 1, **train_fields) -> dict:
-    stage, step, state, loader, config = compiled_step("adversarial", **train_fields)
+def update_time(name: str, measure_steps: int, warmup_steps: int = 1, model_fields=None, **train_fields) -> list:
+    stage, step, state, loader, config = compiled_step("adversarial", model_fields, **train_fields)
     batches = [next(loader) for _ in range(warmup_steps + measure_steps)]
     peak = _peak_bytes(step, state, stage.frozen, batches[0])
     for b in batches[:warmup_steps]:
@@ -37,7 +38,7 @@ def update_time(name: str, measure_steps: int, warmup_steps: int = 1, **train_fi
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - t0) / measure_steps
     tc = config.train
-    common = dict(forcing=tc.forcing, extensions=tc.extensions, batch_size=tc.batch_size,
+    common = dict(forcing=tc.forcing, extensions=tc.extensions, remat=bool(config.model.get("remat", False)), batch_size=tc.batch_size,
                   segment_frames=tc.segment_frames or config.data.latent_frames, overlap=tc.overlap,
                   video_hw=[config.video.height, config.video.width], measured_steps=measure_steps,
                   backend=jax.default_backend())
@@ -51,3 +52,5 @@ def run(quick: bool = False):
     yield from update_time("student_forcing_step_s", n)
     yield from update_time("teacher_forcing_step_s", n, forcing="teacher")
     yield from update_time("long_video_step_s", n, extensions=1)
+    # remat per block: the backward recomputes each block, trading time for activation memory
+    yield from update_time("student_forcing_remat_step_s", n, model_fields={"remat": True})

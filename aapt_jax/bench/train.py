@@ -17,11 +17,12 @@ from aapt_jax.train.optim import make_optimizer
 from configs import tiny_world
 
 
-def compiled_step(stage_name: str, **train_fields):
+def compiled_step(stage_name: str, model_fields: dict | None = None, **train_fields):
     """(stage, jitted train step, initial state, batches iterator, config) at the tiny config."""
     config = tiny_world.get_config(stage_name)
     config.train.random_init = True
     config.train.update(train_fields)
+    config.model.update(model_fields or {})
     stage = stages.build(config)
     tx, _ = stage.optimizer or make_optimizer(config.train.optimizer, config.train.lr,
                                               weight_decay=config.train.weight_decay, grad_clip=config.train.grad_clip)

@@ -12,7 +12,8 @@ adversarial stage 3: adversarial post-training (G and D)     G: ``distill`` (or 
 =========  ================================================  ===========================
 
 Batches arrive as ``{'video': uint8 [B, 1+4K, H, W, 3], 'text': [B, Lt, D], controls...}``
-and are encoded by the frozen VAE inside the jitted step.
+and are encoded by the frozen VAE inside the jitted step, or (``data.source='latents'``) as
+``{'latents': float32 [B, 1+K, h, w, C], ...}`` already encoded by ``launch.encode``.
 """
 
 from __future__ import annotations
