@@ -246,7 +246,11 @@ class WanDiT(nnx.Module):
         memory then grows with one block's worth, not the whole stack's)."""
         if not self.cfg.remat:
             return blk(x, mod, text_k, text_v, angles, attend)
-        return nnx.remat(lambda b, *a: b(*a, attend))(blk, x, mod, text_k, text_v, angles)
+        # A pure function of the block's params: the block may belong to a model merged
+        # inside an outer trace (jit/grad/scan), whose Variables remat must not mutate.
+        graphdef, state = nnx.split(blk)
+        run = jax.checkpoint(lambda st, *a: nnx.merge(graphdef, st)(*a, attend))
+        return run(state, x, mod, text_k, text_v, angles)
 
     def _parallel_trunk(self, x_t, t, text, recycled, control, frame_indices, layers=()):
         """(final hidden ``[B, T, S, dim]``, temb, hidden states after each block in ``layers``)."""
