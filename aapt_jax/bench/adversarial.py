@@ -10,11 +10,9 @@ compiled update's ``memory_analysis()``: arguments + outputs + temporaries - ali
 
 from __future__ import annotations
 
-import time
-
 import jax
 
-from aapt_jax.bench.train import compiled_step
+from aapt_jax.bench.train import compiled_step, seconds_per_step
 
 
 def _peak_bytes(step, state, frozen, batch) -> int | None:
@@ -29,16 +27,10 @@ def update_time(name: str, measure_steps: int, warmup_steps: int = 1, model_fiel
     stage, step, state, loader, config = compiled_step("adversarial", model_fields, **train_fields)
     batches = [next(loader) for _ in range(warmup_steps + measure_steps)]
     peak = _peak_bytes(step, state, stage.frozen, batches[0])
-    for b in batches[:warmup_steps]:
-        state, metrics = step(state, stage.frozen, b)
-    jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for b in batches[warmup_steps:]:
-        state, metrics = step(state, stage.frozen, b)
-    jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - t0) / measure_steps
+    seconds = seconds_per_step(step, state, stage.frozen, batches, warmup_steps)
     tc = config.train
-    common = dict(forcing=tc.forcing, extensions=tc.extensions, remat=bool(config.model.get("remat", False)), batch_size=tc.batch_size,
+    common = dict(forcing=tc.forcing, extensions=tc.extensions, remat=bool(config.model.get("remat", False)),
+                  batch_size=tc.batch_size,
                   segment_frames=tc.segment_frames or config.data.latent_frames, overlap=tc.overlap,
                   video_hw=[config.video.height, config.video.width], measured_steps=measure_steps,
                   backend=jax.default_backend())

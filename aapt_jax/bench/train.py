@@ -32,17 +32,22 @@ def compiled_step(stage_name: str, model_fields: dict | None = None, **train_fie
     return stage, step, state, loader, config
 
 
-def steps_per_s(stage_name: str, measure_steps: int, warmup_steps: int = 2, **train_fields) -> dict:
-    stage, step, state, loader, config = compiled_step(stage_name, **train_fields)
-    batches = [next(loader) for _ in range(warmup_steps + measure_steps)]
+def seconds_per_step(step, state, frozen, batches, warmup_steps: int) -> float:
+    """Mean wall time of the steps after ``warmup_steps`` (which absorb the compile)."""
     for b in batches[:warmup_steps]:
-        state, metrics = step(state, stage.frozen, b)
+        state, metrics = step(state, frozen, b)
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
     for b in batches[warmup_steps:]:
-        state, metrics = step(state, stage.frozen, b)
+        state, metrics = step(state, frozen, b)
     jax.block_until_ready(metrics)
-    elapsed = time.perf_counter() - t0
+    return (time.perf_counter() - t0) / (len(batches) - warmup_steps)
+
+
+def steps_per_s(stage_name: str, measure_steps: int, warmup_steps: int = 2, **train_fields) -> dict:
+    stage, step, state, loader, config = compiled_step(stage_name, **train_fields)
+    batches = [next(loader) for _ in range(warmup_steps + measure_steps)]
+    elapsed = measure_steps * seconds_per_step(step, state, stage.frozen, batches, warmup_steps)
     return dict(name="train_steps_per_s", value=measure_steps / elapsed, unit="steps/s", stage=stage_name,
                 batch_size=config.train.batch_size, video_frames=1 + 4 * config.data.latent_frames,
                 video_hw=[config.video.height, config.video.width], measured_steps=measure_steps,
