@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 
 from ml_collections import ConfigDict
 
@@ -11,6 +12,7 @@ from aapt_jax.model.controls import ControlConfig, control_channels
 
 NAMED = {
     "tiny": "configs.tiny",
+    "tiny_world": "configs.tiny_world",
     "wan2.1-t2v-1.3B": "configs.wan2_1_t2v_1_3b",
     "wan2.1-t2v-14B": "configs.wan2_1_t2v_14b",
     "aapt-8B": "configs.aapt_8b",
@@ -44,3 +46,55 @@ def model_config(config: ConfigDict) -> DiTConfig:
     fields.update(latent_height=video.height // video.vae_spatial, latent_width=video.width // video.vae_spatial,
                   control_channels=control_channels(control_config(config)))
     return DiTConfig.from_mapping(fields)
+
+
+def check_finite(config: ConfigDict, prefix: str = "") -> None:
+    """Every float of ``config`` (nested sections, lists and tuples too) is finite: an
+    ``inf`` learning rate would pass every range check and turn the params to NaN."""
+    for name, value in config.items():
+        field = f"{prefix}{name}"
+        if isinstance(value, ConfigDict):
+            check_finite(value, field + ".")
+            continue
+        for i, v in enumerate(value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(v, float) and not math.isfinite(v):
+                where = f"{field}[{i}]" if isinstance(value, (list, tuple)) else field
+                raise ValueError(f"{where}: expected a finite number, got {v}")
+
+
+MESH_FIELDS = ("data", "fsdp", "context", "tensor")
+
+
+def check_mesh(config: ConfigDict, device_count: int | None = None) -> None:
+    """``config.mesh`` must describe one device: the binaries place everything on one device
+    and do not shard over ``config.mesh`` yet, so a larger mesh would be silently ignored.
+    A size of -1 takes the devices left, so ``data=-1`` is fine on a one-device machine."""
+    mesh = config.get("mesh")
+    if mesh is None:
+        return
+    unknown = sorted(set(mesh) - set(MESH_FIELDS))
+    if unknown:
+        raise ValueError(f"mesh: unknown field(s) {unknown}; expected fields {list(MESH_FIELDS)}")
+    if device_count is None:
+        import jax
+
+        device_count = jax.device_count()
+    for name in MESH_FIELDS:
+        size = mesh.get(name, 1)
+        if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
+            raise ValueError(f"mesh.{name}: expected a positive int or -1, got {size!r}")
+        devices = device_count if size == -1 else size
+        if devices > 1:
+            raise ValueError(f"mesh.{name}: expected a mesh of one device (sharding over config.mesh is not "
+                             f"supported yet; set mesh.{name}=1), got {size}"
+                             + (f" = {device_count} devices" if size == -1 else ""))
+
+
+def check_sample(config: ConfigDict) -> None:
+    """``config.sample``: positive ``num_frames`` and ``batch``, an int ``seed``."""
+    s = config.sample
+    for name in ("num_frames", "batch"):
+        if isinstance(s[name], bool) or not isinstance(s[name], int) or s[name] < 1:
+            raise ValueError(f"sample.{name}: expected an int >= 1, got {s[name]!r}")
+    if isinstance(s.seed, bool) or not isinstance(s.seed, int):
+        raise ValueError(f"sample.seed: expected an int, got {s.seed!r}")

@@ -13,18 +13,17 @@ noise, but every stage of the path runs).
 
 import json
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from aapt_jax import configs
+from aapt_jax import cli, configs
 from aapt_jax.io.files import atomic_save_npy
 from aapt_jax.io.generator_source import load_generator
 from aapt_jax.io.vae_source import load_vae
@@ -42,17 +41,31 @@ _FIRST = flags.DEFINE_string("first_frame", None, "Optional .npy latent [B, 1, h
 _OUT = flags.DEFINE_string("out", "out/sample", "Output directory.")
 
 
+def _read_first_frame(path: str, shape: tuple) -> jax.Array:
+    try:
+        first = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:  # a pickled or non-.npy file is refused, never executed
+        raise ValueError(f"--first_frame: expected a .npy float array, cannot read {path} "
+                         f"({type(e).__name__}: {e})") from e
+    if tuple(first.shape) != shape:
+        raise ValueError(f"--first_frame: expected shape {list(shape)}, got {list(first.shape)}")
+    return jnp.asarray(first)
+
+
 def main(argv):
     del argv
     config = _CONFIG.value
+    configs.check_finite(config)
+    configs.check_mesh(config)
+    configs.check_sample(config)
     cfg = configs.model_config(config)
     ctrl_cfg = configs.control_config(config)
     K, B, seed = config.sample.num_frames, config.sample.batch, config.sample.seed
-    if K < 1:
-        raise ValueError(f"sample.num_frames: expected >= 1, got {K}")
     if ctrl_cfg.kind == "pose":
         raise ValueError("control.kind: launch.sample drives 'none' or 'camera' (a scripted walk), got 'pose'")
     hw = (config.video.height, config.video.width)
+    shape = (B, 1, cfg.latent_height, cfg.latent_width, cfg.latent_channels)
+    first = _read_first_frame(_FIRST.value, shape) if _FIRST.value else None  # before anything loads
     if _CHECKPOINT.value:
         params, stage = load_generator(_CHECKPOINT.value, cfg, seed=seed, field="--checkpoint")
         graphdef, _ = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
@@ -66,12 +79,7 @@ def main(argv):
 
     key = jax.random.key(seed)
     k_first, k_text, k_steps = jax.random.split(key, 3)
-    shape = (B, 1, cfg.latent_height, cfg.latent_width, cfg.latent_channels)
-    if _FIRST.value:
-        first = jnp.asarray(np.load(_FIRST.value))
-        if tuple(first.shape) != shape:
-            raise ValueError(f"--first_frame: expected shape {list(shape)}, got {list(first.shape)}")
-    else:
+    if first is None:
         first = jax.random.normal(k_first, shape)
     text = jnp.zeros((B, cfg.text_len, cfg.text_dim)) if _CHECKPOINT.value else jax.random.normal(
         k_text, (B, cfg.text_len, cfg.text_dim))
@@ -115,4 +123,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -2,16 +2,18 @@
 
 The stage comes from ``config.train.stage`` (override with ``--config.train.stage=adapt``);
 stages chain through ``config.train.init_from`` (the previous stage's workdir). Rerunning
-the same command in the same workdir resumes from the last checkpoint.
+the same command in the same workdir resumes from the last checkpoint. Exit statuses: 0
+finished, 1 stopped (non-finite loss or state), 2 refused (bad config or input), 75
+interrupted by SIGTERM after saving (rerun to resume); see :mod:`aapt_jax.cli`.
 """
 
 import json
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from aapt_jax.train.loop import TrainingStopped, train
+from aapt_jax import cli
+from aapt_jax.train.loop import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny_world.py", "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, TensorBoard, samples).",
@@ -21,14 +23,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, Ten
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; progress is the tqdm bar
-    try:
-        summary = train(_CONFIG.value, _WORKDIR.value)
-    except TrainingStopped as e:
-        logging.error("%s", e)
-        return 1
+    summary = train(_CONFIG.value, _WORKDIR.value)
     print(json.dumps(summary))
-    return 0
+    return 0 if summary["finished"] else cli.EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

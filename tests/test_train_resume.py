@@ -85,7 +85,7 @@ def test_sigterm_saves_and_stops(tmp_path):
     time.sleep(3.0)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == 75, err[-2000:]  # unfinished: a status a scheduler can requeue on
     steps = ckpt.Checkpointer(str(tmp_path / "checkpoints")).steps()
     assert len(steps) == 1 and 0 < steps[0] < 500  # saved where it stopped, not at a schedule point
 

@@ -14,6 +14,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from aapt_jax.io.checksums import verify_manifest, write_manifest
+from aapt_jax.io.files import atomic_write_json
+
 
 class CheckpointError(ValueError):
     pass
@@ -45,12 +48,16 @@ class Checkpointer:
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
-        """Restore ``step`` (default: the latest) into the structure of ``abstract_state``.
+    def restore_meta(self, step: int | None = None) -> dict:
+        """The JSON ``meta`` of ``step`` (default: the latest) alone, without reading arrays."""
+        step, path, hint = self._locate(step)
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:  # orbax raises many types for bad files; name the path once
+            raise CheckpointError(f"{path}: cannot read this checkpoint's meta ({type(e).__name__}: "
+                                  f"{str(e)[:300]}){hint}") from e
 
-        Raises :class:`CheckpointError` naming the path and the other steps on disk when the
-        step is missing, truncated or does not match the model.
-        """
+    def _locate(self, step: int | None) -> tuple[int, str, str]:
         steps = self.steps()
         if step is None:
             if not steps:
@@ -61,6 +68,15 @@ class Checkpointer:
         hint = f"; other steps on disk: {others} (restore one with --restore_step)" if others else ""
         if step not in steps:
             raise CheckpointError(f"{path}: no such checkpoint step{hint}")
+        return step, path, hint
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
+        """Restore ``step`` (default: the latest) into the structure of ``abstract_state``.
+
+        Raises :class:`CheckpointError` naming the path and the other steps on disk when the
+        step is missing, truncated or does not match the model.
+        """
+        step, path, hint = self._locate(step)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
@@ -84,12 +100,11 @@ EXPORT_DIR = "export"
 
 
 def save_export(workdir: str, params: Any, info: dict) -> str:
-    """Write a stage's final params (``workdir/export/params``) and ``info.json`` atomically.
+    """Write a stage's final params (``workdir/export/params``), their checksums
+    (``export/checksums.json``) and ``info.json`` atomically.
 
     The next stage starts from this export; it is written once and never replaced.
     """
-    import json
-
     root = os.path.join(os.path.abspath(workdir), EXPORT_DIR)
     if os.path.exists(os.path.join(root, "info.json")):
         raise CheckpointError(f"{root}: an export already exists; refusing to overwrite it")
@@ -97,10 +112,8 @@ def save_export(workdir: str, params: Any, info: dict) -> str:
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.join(root, "params"), params, force=True)
         ckptr.wait_until_finished()
-    tmp = os.path.join(root, "info.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(root, "info.json"))  # written last: marks the export complete
+    write_manifest(root, "params")
+    atomic_write_json(os.path.join(root, "info.json"), info, sort_keys=True)  # last: marks the export complete
     return root
 
 
@@ -117,8 +130,11 @@ def export_info(workdir: str) -> dict:
 
 
 def load_export(workdir: str, abstract_params: Any) -> Any:
+    """The export's params restored into ``abstract_params``'s structure, after checking
+    every file against ``export/checksums.json`` (ChecksumError naming a changed file)."""
     root = os.path.join(os.path.abspath(workdir), EXPORT_DIR, "params")
     export_info(workdir)
+    verify_manifest(os.path.dirname(root))
     try:
         with ocp.StandardCheckpointer() as ckptr:
             return ckptr.restore(root, abstract_params)

@@ -56,6 +56,24 @@ def check_inputs(cfg: DiTConfig, first_frame, text, cache_frames: int | None = N
         raise ValueError(f"cache_frames: expected >= model.window ({cfg.window}), got {cache_frames}")
 
 
+STREAM_DTYPES = ("float32", "bfloat16")  # the dtypes of the model configs; frames keep the first frame's
+
+
+def check_values(first_frame, text) -> None:
+    """Dtype and finiteness of concrete stream inputs (a NaN first frame would stream NaN
+    frames forever, a float16 one float16 frames); each failure names the field."""
+    for name, x in (("first_frame", first_frame), ("text", text)):
+        if isinstance(x, jax.core.Tracer):
+            continue
+        dtype = jnp.dtype(x.dtype)
+        if dtype.name not in STREAM_DTYPES:
+            raise ValueError(f"{name}: expected dtype float32 or bfloat16, got {dtype.name}")
+        finite = jnp.isfinite(x)
+        if not bool(jnp.all(finite)):
+            raise ValueError(f"{name}: expected finite values, got {int(finite.size - jnp.sum(finite))} "
+                             f"NaN/Inf of {finite.size}")
+
+
 def check_control(cfg: DiTConfig, control, batch, h, w, frames=None):
     if cfg.control_channels == 0:
         if control is not None:
@@ -148,6 +166,7 @@ class StreamingSampler:
     def init(self, params, first_frame, text) -> StreamState:
         """first_frame ``[B, 1, h, w, C]`` latent; text ``[B, Lt, text_dim]``."""
         check_inputs(self.cfg, first_frame, text, self.cache_frames)
+        check_values(first_frame, text)
         return self._init(params, first_frame, text)
 
     def step(self, params, state: StreamState, control, key):
@@ -164,6 +183,8 @@ class StreamingSampler:
 
         Returns (state, frames ``[B, K, h, w, C]``).
         """
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"num_frames: expected an int >= 1, got {num_frames!r}")
         B, _, h, w, _ = state.prev_frame.shape
         check_control(self.cfg, controls, B, h, w, frames=num_frames)
         return self._rollout(params, state, controls, key, num_frames=num_frames)

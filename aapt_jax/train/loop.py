@@ -3,9 +3,9 @@
 Exact resume: the checkpoint holds params, optimizer state, step and base RNG key (each
 step's key is ``fold_in(key, step)``), plus the data iterator's state; a run killed at any
 point and resumed ends with the same parameters, bit for bit, as one never interrupted.
-SIGTERM saves a checkpoint and stops cleanly; a non-finite loss stops the run without
-saving, keeping the last good checkpoint (as does a stage's own divergence check, e.g.
-exploding discriminator logits); the reason goes to the log and the raised error. Metrics go to TensorBoard event files under
+SIGTERM saves a checkpoint and stops cleanly; a non-finite loss, or non-finite params or
+optimizer state after an update, stops the run without saving, keeping the last good
+checkpoint (as does a stage's own divergence check, e.g. exploding discriminator logits); the reason goes to the log and the raised error. Metrics go to TensorBoard event files under
 ``workdir/tb``; sample videos to ``workdir/samples/step_N.mp4`` (real | generated).
 """
 
@@ -24,8 +24,10 @@ import optax
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
+from aapt_jax import configs
 from aapt_jax.data.sources import make_loader, make_source
 from aapt_jax.io import checkpoint as ckpt
+from aapt_jax.io.files import WorkdirLock, atomic_write_json
 from aapt_jax.io.video import write_mp4
 from aapt_jax.train import stages
 from aapt_jax.train.optim import make_optimizer
@@ -54,17 +56,51 @@ def make_train_step(stage: stages.Stage, tx):
                 lambda p: stage.loss(p, frozen, batch, key), has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+        # Checked here, not only at save: a finite loss of the old params says nothing of the
+        # updated ones (an overflowing learning rate), and they must never be checkpointed.
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), state_finite=_all_finite((params, opt_state)))
         return dict(state, step=state["step"] + 1, params=params, opt_state=opt_state), metrics
 
     return jax.jit(train_step, donate_argnums=(0,))
+
+
+def _all_finite(tree):
+    ok = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(ok)) if ok else jnp.array(True)
 
 
 def _config_fingerprint(config: ConfigDict) -> dict:
     """The fields a resumed run must share with the run that wrote the checkpoints."""
     return {"stage": config.train.stage, "model": config.model.to_dict(), "control": config.control.to_dict(),
             "data": config.data.to_dict(), "vae": config.vae.to_dict(), "seed": config.train.seed,
-            "batch_size": config.train.batch_size}
+            "batch_size": config.train.batch_size, "optimizer": config.train.optimizer}
+
+
+# Fingerprint keys that are not the config's own dotted names.
+_FINGERPRINT_FIELDS = {"stage": "train.stage", "seed": "train.seed", "batch_size": "train.batch_size",
+                       "optimizer": "train.optimizer"}
+
+
+def _flatten(tree, prefix: str) -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}.{k}"))
+    return out
+
+
+def config_differences(saved: dict, given: dict) -> list[str]:
+    """``'field: saved X, given Y'`` for each config field that differs (keys a checkpoint
+    written by an older version did not record are not compared)."""
+    given = json.loads(json.dumps(given))  # tuples as lists, like the saved JSON
+    differ = []
+    for key in sorted(set(saved) & set(given)):
+        name = _FINGERPRINT_FIELDS.get(key, key)
+        a, b = _flatten(saved[key], name), _flatten(given[key], name)
+        differ += [f"{k}: saved {a.get(k)!r}, given {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                   if a.get(k) != b.get(k)]
+    return differ
 
 
 def _write_video(path, real, fake, fps):
@@ -74,16 +110,26 @@ def _write_video(path, real, fake, fps):
 
 
 def train(config: ConfigDict, workdir: str) -> dict:
-    """Run (or resume) the stage in ``config.train.stage`` in ``workdir``. Returns a summary."""
+    """Run (or resume) the stage in ``config.train.stage`` in ``workdir``. Returns a summary.
+
+    The workdir is locked for the run (:class:`WorkdirBusy` naming the holder's pid if another
+    process has it); a run refused by validation leaves no new workdir behind.
+    """
     tc = config.train
     for field in ("steps", "batch_size", "checkpoint_every", "log_every"):
         if not isinstance(tc[field], int) or tc[field] < 1:
             raise ValueError(f"train.{field}: expected a positive int, got {tc[field]!r}")
+    configs.check_finite(config)
+    configs.check_mesh(config)
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
     if os.path.exists(os.path.join(workdir, ckpt.EXPORT_DIR, "info.json")):
         raise ValueError(f"workdir: {workdir} already holds a finished stage; use a new workdir")
+    with WorkdirLock(workdir):
+        return _train_locked(config, workdir)
 
+
+def _train_locked(config: ConfigDict, workdir: str) -> dict:
+    tc = config.train
     stage = stages.build(config)                    # validates before any compile
     source = make_source(config.data)
     tx, schedule = stage.optimizer or make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay,
@@ -93,10 +139,13 @@ def train(config: ConfigDict, workdir: str) -> dict:
     state = _initial_state(stage.params, tx, tc.seed)
     fingerprint = _config_fingerprint(config)
     if manager.latest_step() is not None:
+        # The config is compared before the arrays are read: a changed optimizer would
+        # otherwise fail inside the restore as an opaque tree-structure mismatch.
+        differ = config_differences(manager.restore_meta(tc.restore_step or None)["config"], fingerprint)
+        if differ:
+            raise ValueError(f"workdir: {workdir} has checkpoints of a different config ({'; '.join(differ)}); "
+                             f"resume with the saved values or use a new workdir")
         state, meta, step = manager.restore(ckpt.abstract_like(state), tc.restore_step or None)
-        if meta["config"] != json.loads(json.dumps(fingerprint)):
-            raise ValueError(f"workdir: {workdir} has checkpoints of a different config; use a new workdir "
-                             f"(saved {meta['config']}, given {fingerprint})")
         loader.set_state(meta["data_state"].encode() if isinstance(meta["data_state"], str) else meta["data_state"])
         log.info("resumed %s at step %d", workdir, step)
     train_step = make_train_step(stage, tx)
@@ -123,14 +172,19 @@ def train(config: ConfigDict, workdir: str) -> dict:
             for step in range(start, tc.steps):
                 batch = next(loader)
                 state, metrics = train_step(state, frozen, batch)
+                state_finite = bool(metrics.pop("state_finite"))
                 loss = float(metrics["loss"])
                 reason = None if np.isfinite(loss) else f"non-finite loss {loss}"
+                if reason is None and not state_finite:
+                    reason = "non-finite params or optimizer state after the update (check train.lr and the gradients)"
                 if reason is None and stage.check_metrics is not None:
                     reason = stage.check_metrics(metrics)
                 if reason is not None:
                     manager.wait()
-                    message = (f"{reason} at step {step + 1}; stopped without saving. Last good checkpoint: "
-                               f"step {manager.latest_step()} in {manager.directory}")
+                    good = manager.latest_step()
+                    message = (f"{reason} at step {step + 1}; stopped without saving. " + (
+                        f"Last good checkpoint: step {good} in {manager.directory}" if good is not None else
+                        f"No checkpoint was saved before it (in {manager.directory})"))
                     log.error("%s", message)
                     raise TrainingStopped(message)
                 losses.append(loss)
@@ -168,8 +222,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
         summary = dict(stage=stage.name, workdir=workdir, step=int(state["step"]), finished=finished,
                        first_10pct_loss=float(np.mean(losses[:n])) if losses else None,
                        last_10pct_loss=float(np.mean(losses[-n:])) if losses else None)
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+        atomic_write_json(os.path.join(workdir, "summary.json"), summary)
         return summary
     finally:
         signal.signal(signal.SIGTERM, previous)

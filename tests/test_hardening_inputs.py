@@ -1,0 +1,87 @@
+"""Inputs and configs that used to pass silently are refused up front, naming the field."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aapt_jax import configs
+from aapt_jax.model.config import DiTConfig
+from aapt_jax.model.dit import create
+from aapt_jax.sample.streaming import StreamingSampler
+
+CFG = DiTConfig(num_layers=1, num_heads=2, head_dim=12, ffn_dim=16, latent_channels=4, text_dim=8,
+                causal=True, window=3, control_channels=0, latent_height=4, latent_width=4)
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    graphdef, params = create(CFG)
+    return StreamingSampler(CFG, graphdef), params
+
+
+def test_nan_first_frame_is_refused(sampler):
+    s, params = sampler
+    first = jnp.zeros((1, 1, 4, 4, 4)).at[0, 0, 1, 2, 3].set(jnp.nan)
+    with pytest.raises(ValueError, match="first_frame: expected finite values, got 1 NaN/Inf of 64"):
+        s.init(params, first, jnp.zeros((1, 3, 8)))
+    with pytest.raises(ValueError, match="text: expected finite values"):
+        s.init(params, jnp.zeros((1, 1, 4, 4, 4)), jnp.full((1, 3, 8), jnp.inf))
+
+
+def test_float16_first_frame_is_refused(sampler):
+    s, params = sampler
+    with pytest.raises(ValueError, match="first_frame: expected dtype float32 or bfloat16, got float16"):
+        s.init(params, jnp.zeros((1, 1, 4, 4, 4), jnp.float16), jnp.zeros((1, 3, 8)))
+    state = s.init(params, jnp.zeros((1, 1, 4, 4, 4), jnp.bfloat16), jnp.zeros((1, 3, 8)))
+    with pytest.raises(ValueError, match="num_frames: expected an int >= 1, got -2"):
+        s.rollout(params, state, None, None, num_frames=-2)
+
+
+@pytest.mark.parametrize("field,value", [("train.lr", float("inf")), ("train.grad_clip", float("nan")),
+                                         ("model.rope_theta", float("-inf"))])
+def test_non_finite_numbers_are_refused(field, value):
+    from configs import tiny_world
+
+    c = tiny_world.get_config("base")
+    section, name = field.split(".")
+    c[section][name] = value
+    with pytest.raises(ValueError, match=rf"{field}: expected a finite number, got {value}"):
+        configs.check_finite(c)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("tensor", 2, "mesh.tensor: expected a mesh of one device .* got 2"),
+    ("fsdp", -1, "mesh.fsdp: expected a mesh of one device .* got -1 = 8 devices"),
+    ("context", 0, "mesh.context: expected a positive int or -1, got 0"),
+])
+def test_unwired_mesh_is_refused(field, value, needle):
+    c = configs.get("tiny")
+    c.mesh.data = 1
+    c.mesh[field] = value
+    with pytest.raises(ValueError, match=needle):
+        configs.check_mesh(c, device_count=8)
+
+
+def test_default_mesh_on_one_device_passes():
+    configs.check_mesh(configs.get("tiny"), device_count=1)
+    configs.check_mesh(configs.get("wan2.1-t2v-14B"), device_count=1)
+
+
+@pytest.mark.parametrize("field,value", [("batch", 0), ("num_frames", -1)])
+def test_sample_fields(field, value):
+    c = configs.get("tiny")
+    c.sample[field] = value
+    with pytest.raises(ValueError, match=f"sample.{field}: expected an int >= 1, got {value}"):
+        configs.check_sample(c)
+
+
+def test_pickled_npy_names_the_flag(tmp_path):
+    np.save(tmp_path / "first.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    from launch import sample
+
+    sample.flags.FLAGS(["sample", f"--first_frame={tmp_path / 'first.npy'}", f"--out={tmp_path / 'out'}"])
+    try:
+        with pytest.raises(ValueError, match=r"--first_frame: expected a .npy float array, cannot read .*first.npy"):
+            sample.main(["sample"])
+    finally:
+        sample.flags.FLAGS.unparse_flags()
