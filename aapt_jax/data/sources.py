@@ -25,6 +25,8 @@ checkpoint and ``set_state()`` resumes the exact batch sequence.
 
 from __future__ import annotations
 
+import logging
+
 import grain
 import numpy as np
 from absl import flags
@@ -125,18 +127,35 @@ class FolderSource(_ClipSource):
 
     Item ``i`` is video ``i mod V`` from a random start frame, so every video is used
     equally often whatever its length; the text comes from the video's ``.npy`` file.
+    A clip that fails to read (the file changed or was damaged after the folder was
+    listed) is skipped with a warning and counted in ``skipped_clips``; the item is then
+    the next video's clip, so the same index always gives the same clip (exact resume).
     """
 
     def __init__(self, folder, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.videos = VideoFolder(folder, self.height, self.width, self.num_frames,
                                   *self._text.shape)
+        self.skipped_clips = 0  # in this process (grain workers count their own)
+        self._warned = set()
 
     def __getitem__(self, index) -> dict:
         rng = self._item_rng(index)
-        video = int(index) % len(self.videos)
-        start = int(rng.integers(self.videos.entries[video].num_frames - self.num_frames + 1))
-        return {"video": self.videos.clip(video, start), "text": self.videos.text(video)}
+        first = int(index) % len(self.videos)
+        errors = []
+        for offset in range(len(self.videos)):
+            video = (first + offset) % len(self.videos)
+            start = int(rng.integers(self.videos.entries[video].num_frames - self.num_frames + 1))
+            try:
+                return {"video": self.videos.clip(video, start), "text": self.videos.text(video)}
+            except ValueError as err:
+                self.skipped_clips += 1
+                errors.append(str(err))
+                path = self.videos.entries[video].path
+                if path not in self._warned:  # once per file: a long run would repeat it thousands of times
+                    self._warned.add(path)
+                    logging.warning("skipping a clip that cannot be read (%s); using the next video", err)
+        raise ValueError(f"data.folder: no video of {self.videos.folder} can be read any more ({errors[0]})")
 
 
 def data_config(**overrides) -> dict:

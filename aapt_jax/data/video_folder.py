@@ -4,7 +4,10 @@ Every readable video under the folder (see :func:`aapt_jax.io.video.list_videos`
 has at least ``num_frames`` frames is a clip source; frames are centre-cropped to the
 target aspect and resized. A text embedding for ``clip.mp4`` is ``clip.npy`` beside it,
 float ``[text_len, text_dim]``; without one the clip's text is zeros of that shape.
-Files are checked when the folder is opened, so a bad folder fails before any training.
+Files are checked when the folder is opened, so a bad folder fails before any training:
+each video is decoded once to count the frames that really decode (a truncated file's
+header may promise more). A clip that still fails to read during training (a file changed
+or damaged since) is skipped with a warning and counted, never the end of the run.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 
 import numpy as np
 
-from aapt_jax.io.video import list_videos, probe_video, read_video
+from aapt_jax.io.video import count_decodable_frames, list_videos, probe_video, read_video
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,11 +29,11 @@ class VideoEntry:
 
 
 def _count_frames(path: str) -> int:
-    count = probe_video(path).num_frames
-    if count > 0:
-        return count
-    # The container does not say: decode it once, tiny, to count.
-    return len(read_video(path, 8, 8))
+    count = count_decodable_frames(path)
+    promised = probe_video(path).num_frames
+    if promised and promised != count:
+        logging.warning("%s: the container says %d frames, %d decode; using %d", path, promised, count, count)
+    return count
 
 
 def _check_text_file(path: str, text_len: int, text_dim: int) -> None:

@@ -63,6 +63,25 @@ def probe_video(path: str) -> VideoInfo:
         container.close()
 
 
+def count_decodable_frames(path: str) -> int:
+    """Frames of ``path`` that actually decode, up to the first decode error.
+
+    A truncated file can keep a header that promises more frames than are left; this
+    decodes (without converting to RGB) to count what is really there.
+    """
+    path = os.fspath(path)
+    container, stream = _open(path)
+    count = 0
+    try:
+        for _ in container.decode(stream):
+            count += 1
+    except (av.error.FFmpegError, OSError):
+        pass  # the frames before the damage are usable
+    finally:
+        container.close()
+    return count
+
+
 def _crop_box(src_h: int, src_w: int, height: int, width: int):
     """The centred region of the source with the target's aspect ratio."""
     if src_w * height > width * src_h:  # source wider than target

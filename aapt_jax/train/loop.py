@@ -221,7 +221,8 @@ def _train_locked(config: ConfigDict, workdir: str) -> dict:
         n = max(1, len(losses) // 10)
         summary = dict(stage=stage.name, workdir=workdir, step=int(state["step"]), finished=finished,
                        first_10pct_loss=float(np.mean(losses[:n])) if losses else None,
-                       last_10pct_loss=float(np.mean(losses[-n:])) if losses else None)
+                       last_10pct_loss=float(np.mean(losses[-n:])) if losses else None,
+                       skipped_clips=getattr(source, "skipped_clips", 0))
         atomic_write_json(os.path.join(workdir, "summary.json"), summary)
         return summary
     finally:
