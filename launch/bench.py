@@ -1,11 +1,10 @@
 """Print benchmark figures as JSON lines: ``python -m launch.bench --suite=streaming``."""
 
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
 
-from aapt_jax import bench
+from aapt_jax import bench, cli
 
 _SUITE = flags.DEFINE_string("suite", None, "Suite to run (a module of aapt_jax.bench).", required=True)
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes, for checking that a suite runs.")
@@ -27,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -11,16 +11,15 @@ PSNRs (stage 2 vs stage 1, and each vs the true render) and writes
 
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from aapt_jax import configs
+from aapt_jax import cli, configs
 from aapt_jax.data.sources import make_source
 from aapt_jax.eval.metrics import psnr
 from aapt_jax.io.generator_source import load_generator
@@ -88,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

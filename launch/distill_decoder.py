@@ -10,12 +10,12 @@ loss curve to ``losses.npy``.
 """
 
 import os
-import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from tqdm import tqdm
 
+from aapt_jax import cli
 from aapt_jax.io.files import atomic_save_npy
 from aapt_jax.io.vae_import import import_vae, save_vae
 from aapt_jax.io.video import frames_to_unit, list_videos, read_video
@@ -70,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

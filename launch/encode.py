@@ -12,11 +12,11 @@ be new or empty and appears only once complete (see :mod:`aapt_jax.data.latent_s
 """
 
 import json
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
+from aapt_jax import cli
 from aapt_jax.data.latent_shards import check_out_dir, encode_to_shards
 from aapt_jax.io.vae_source import load_vae
 
@@ -60,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

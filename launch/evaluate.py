@@ -25,11 +25,11 @@ Every flag is checked, and every export's info read, before anything compiles.
 from __future__ import annotations
 
 import json
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from aapt_jax import cli
 from aapt_jax.eval.report import evaluate
 from aapt_jax.eval.rollout import STAGE_SAMPLERS, WORLDS
 
@@ -58,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -9,6 +9,9 @@ finished stages are skipped, an interrupted one continues from its last checkpoi
 
     python -m launch.pipeline --workdir=runs/pipeline
     python -m launch.pipeline --workdir=/tmp/p --override=train.steps=3  # smoke run
+
+Exit statuses as ``launch.train`` (:mod:`aapt_jax.cli`): 75 when SIGTERM stopped a stage
+before its last step (rerun to resume). The pipeline directory is locked while it runs.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import ast
 import importlib
 import json
 import os
-import sys
 import time
 
 from absl import app, flags, logging
 
+from aapt_jax import cli
 from aapt_jax.eval.report import evaluate, parse_seconds
-from aapt_jax.train.loop import TrainingStopped
+from aapt_jax.io.files import WorkdirLock, atomic_write_json
 from aapt_jax.train.pipeline import PIPELINE, run_stages, stage_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline directory (one subdirectory per stage).", required=True)
@@ -67,14 +70,15 @@ def main(argv):
         raise ValueError(f"--paths: expected an int >= 1, got {_PATHS.value}")
     if _SEED.value == eval_config.data.seed:
         raise ValueError(f"--seed: expected a seed distinct from the training data seed, got {_SEED.value}")
+    with WorkdirLock(workdir, field="--workdir"):
+        return _run(get_config, workdir, overrides, eval_config)
+
+
+def _run(get_config, workdir, overrides, eval_config) -> int:
     t0 = time.perf_counter()
-    try:
-        summaries = run_stages(get_config, workdir, overrides=overrides)
-    except TrainingStopped as e:
-        logging.error("%s", e)
-        return 1
+    summaries = run_stages(get_config, workdir, overrides=overrides)
     if any(not s.get("finished", True) for s in summaries.values()):
-        return 1
+        return cli.EXIT_INTERRUPTED
     t_train = time.perf_counter() - t0
     models = ",".join(f"{s}={os.path.join(workdir, s)}" for s in _MODELS.value)
     result = evaluate(eval_config, vae=os.path.join(workdir, "vae"), models=models, seconds=_SECONDS.value,
@@ -84,11 +88,10 @@ def main(argv):
                          for k, v in summaries.items()},
               "drift": {name: m["horizons"] for name, m in result["models"].items()},
               "outputs": os.path.join(workdir, "drift")}
-    with open(os.path.join(workdir, "pipeline.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    atomic_write_json(os.path.join(workdir, "pipeline.json"), report)
     print(json.dumps(report))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -75,3 +75,36 @@ def test_binary_prints_one_line_and_exits_2(tmp_path):
     assert not workdir.exists()
     verbose = _launch(*args, "--verbosity=1")
     assert verbose.returncode == 2 and "Traceback" in verbose.stderr
+
+
+def test_camera_control_on_a_video_folder_is_refused_before_loading(tmp_path):
+    c = _config(**{"train.stage": "adapt", "data.source": "folder", "data.folder": str(tmp_path)})
+    c.vae.checkpoint = str(tmp_path / "no_vae_here")  # never read: the check comes first
+    with pytest.raises(ValueError, match=r"control.kind: 'camera' needs \['intrinsics', 'c2w'\] per clip, which "
+                                         r"data.source='folder' does not give"):
+        train(c, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_pipeline_checks_every_stage_before_the_first_trains(tmp_path):
+    from aapt_jax.train.pipeline import run_stages
+
+    def refuse_training(message):
+        assert "training" not in message, message  # nothing may train before the refusal
+
+    # train.segment_frames is read by the adversarial stage alone (the last one).
+    with pytest.raises(ValueError, match="train.segment_frames: expected 1..8"):
+        run_stages(tiny_world.get_config, str(tmp_path / "p"), overrides={"train.segment_frames": 99},
+                   log=refuse_training)
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("module", ["tiny_world", "tiny_pose"])
+def test_shipped_training_configs_pass_the_checks(module):
+    import importlib
+
+    from aapt_jax.train.stages import STAGES, check_config
+
+    get_config = importlib.import_module(f"configs.{module}").get_config
+    for stage in STAGES:
+        check_config(get_config(stage))

@@ -31,7 +31,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from aapt_jax.data.latent_shards import LatentSource
+from aapt_jax.data.latent_shards import REQUIRED_CONTROL_INPUTS, LatentSource
 from aapt_jax.data.pose_figure import pose_clip
 from aapt_jax.data.video_folder import VideoFolder
 from aapt_jax.data.world import make_world, render_path
@@ -213,6 +213,26 @@ def validate_data_config(data_cfg) -> dict:
         raise ValueError(f"data.folder: expected {needs_folder[cfg['source']]} for source={cfg['source']!r}, "
                          f"got {cfg['folder']!r}")
     return cfg
+
+
+# The control inputs each clip source gives per clip ('latents' holds what it was encoded from).
+SOURCE_CONTROL_INPUTS = {"world": ("intrinsics", "c2w"), "pose": ("keypoints", "visibility"), "folder": ()}
+
+
+def check_control_source(data_cfg, control_kind: str) -> None:
+    """Refuse a control kind whose inputs the data source does not give (e.g. camera control
+    on a video folder: no poses), before anything loads or compiles. 'latents' is checked
+    against its shards' meta when the run starts (``latent_shards.check_for_training``)."""
+    source = data_cfg["source"]
+    if source not in SOURCE_CONTROL_INPUTS:
+        return
+    missing = [k for k in REQUIRED_CONTROL_INPUTS.get(control_kind, ()) if k not in SOURCE_CONTROL_INPUTS[source]]
+    if missing:
+        fits = [s for s, held in SOURCE_CONTROL_INPUTS.items()
+                if all(k in held for k in REQUIRED_CONTROL_INPUTS[control_kind])]
+        raise ValueError(f"control.kind: {control_kind!r} needs {list(REQUIRED_CONTROL_INPUTS[control_kind])} per "
+                         f"clip, which data.source={source!r} does not give; expected control.kind='none' or "
+                         f"data.source in {fits}")
 
 
 def make_source(data_cfg) -> _ClipSource | LatentSource:

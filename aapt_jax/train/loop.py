@@ -24,7 +24,6 @@ import optax
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from aapt_jax import configs
 from aapt_jax.data.sources import make_loader, make_source
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.files import WorkdirLock, atomic_write_json
@@ -115,12 +114,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
     The workdir is locked for the run (:class:`WorkdirBusy` naming the holder's pid if another
     process has it); a run refused by validation leaves no new workdir behind.
     """
-    tc = config.train
-    for field in ("steps", "batch_size", "checkpoint_every", "log_every"):
-        if not isinstance(tc[field], int) or tc[field] < 1:
-            raise ValueError(f"train.{field}: expected a positive int, got {tc[field]!r}")
-    configs.check_finite(config)
-    configs.check_mesh(config)
+    stages.check_config(config)  # before the workdir is created or locked
     workdir = os.path.abspath(workdir)
     if os.path.exists(os.path.join(workdir, ckpt.EXPORT_DIR, "info.json")):
         raise ValueError(f"workdir: {workdir} already holds a finished stage; use a new workdir")

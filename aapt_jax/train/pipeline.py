@@ -17,6 +17,7 @@ from ml_collections import ConfigDict
 
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.train.loop import train
+from aapt_jax.train.stages import check_config
 
 PIPELINE = ("vae", "base", "adapt", "distill", "adversarial")
 # stage -> (train.init_from, train.disc_init_from) stage names
@@ -62,6 +63,8 @@ def run_stages(get_config: Callable[[str], ConfigDict], workdir: str, *, stages=
     if unknown:
         raise ValueError(f"stages: expected a subset of {PIPELINE}, got {unknown}")
     configs = {s: stage_config(get_config, s, workdir, overrides) for s in stages}
+    for c in configs.values():  # every stage's fields, before the first one trains
+        check_config(c)
     summaries = {}
     for s in stages:
         run_dir = os.path.join(workdir, s)

@@ -29,6 +29,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from aapt_jax import configs
+from aapt_jax.data.sources import check_control_source, validate_data_config
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.vae_source import load_vae
 from aapt_jax.io.generator_source import load_generator
@@ -36,10 +37,11 @@ from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.controls import control_maps
 from aapt_jax.model.discriminator import Discriminator, DiscriminatorConfig
 from aapt_jax.model.dit import WanDiT, create
+from aapt_jax.model.vae_config import get_vae_config
 from aapt_jax.sample import flow_sampler
 from aapt_jax.sample.streaming import init_state, rollout_frames
 from aapt_jax.train import adversarial, objectives
-from aapt_jax.train.optim import make_adversarial_optimizer
+from aapt_jax.train.optim import make_adversarial_optimizer, make_optimizer
 
 STAGES = ("vae", "base", "adapt", "distill", "adversarial")
 # A generator's export may start a later stage; an adversarial run may continue another
@@ -133,13 +135,40 @@ def _decode(vcfg, vae_graphdef, vae_params, latents):
                                              vae_lib.denormalize_latents(vcfg, latents)), -1.0, 1.0)
 
 
-def build(config: ConfigDict) -> Stage:
-    """Validate the config and build the stage (no compilation happens here)."""
+def check_config(config: ConfigDict) -> None:
+    """Every check of a stage's config that reads no file: run for each stage of a pipeline
+    before the first one trains. ValueError naming the field, what was expected and given."""
     name = config.train.stage
     if name not in STAGES:
         raise ValueError(f"train.stage: expected one of {STAGES}, got {name!r}")
-    if name == "vae" and config.data.source == "latents":
+    tc = config.train
+    for field in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        if isinstance(tc[field], bool) or not isinstance(tc[field], int) or tc[field] < 1:
+            raise ValueError(f"train.{field}: expected a positive int, got {tc[field]!r}")
+    configs.check_finite(config)
+    configs.check_mesh(config)
+    check_data_geometry(config, get_vae_config(config.vae.preset))
+    data = validate_data_config(config.data)
+    if name == "vae" and data["source"] == "latents":
         raise ValueError("data.source: the vae stage trains on pixels; expected a video source, got 'latents'")
+    if name == "adversarial":
+        make_adversarial_optimizer(tc)
+    else:
+        make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip,
+                       warmup_steps=tc.warmup_steps)
+    if name == "vae":
+        return
+    cfg = configs.model_config(config)
+    check_control_source(data, configs.control_config(config).kind)
+    if name == "adversarial":
+        adversarial_config(config).check(config.data.latent_frames)
+        DiscriminatorConfig(layers=tuple(tc.disc_layers), head_dim=tc.disc_head_dim).resolved_layers(cfg.num_layers)
+
+
+def build(config: ConfigDict) -> Stage:
+    """Validate the config and build the stage (no compilation happens here)."""
+    check_config(config)
+    name = config.train.stage
     vcfg, vae_graphdef, vae_params = _vae(config, trainable=(name == "vae"))
     check_data_geometry(config, vcfg)
     tc = config.train
