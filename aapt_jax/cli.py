@@ -16,6 +16,7 @@ Exit statuses:
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
 
@@ -30,6 +31,45 @@ EXIT_INTERRUPTED = 75
 
 def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
+
+
+def _config_override_error(error: BaseException, argv) -> str:
+    """One line for an ml_collections override of a field that does not exist, naming the
+    flag and the nearest field (ml_collections raises an AttributeError holding a repr)."""
+    text = str(error).encode().decode("unicode_escape").replace("\n", " ")
+    match = re.search(r"'(\w+)'", text)
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    if not match:
+        return one_line(error)
+    bad = match.group(1)
+    flag = next((a.split("=")[0] for a in argv if re.search(rf"\.{bad}(\.|=|$)", a.split("=")[0])), None)
+    where = f"{flag}: " if flag else ""
+    return f"{where}unknown config field {bad!r}" + (f"; did you mean {hint.group(1)!r}?" if hint else "")
+
+
+def _flag_error(error: flags.Error) -> str:
+    """One line for a flag that does not parse; a config file that raised while loading
+    (its traceback is inside absl's message) is named with the exception's last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "Traceback (most recent call last):" not in lines:
+        return one_line(error)
+    flag = re.search(r"flag (--[\w.]+)", lines[0])
+    return f"{flag.group(1) + ': ' if flag else ''}{lines[-1]}"
+
+
+def _parse_flags(argv):
+    """absl's flag parsing with the project's error contract (one line, status 2)."""
+    verbose = any(re.fullmatch(r"--verbosity=[1-9]\d*|-v=?[1-9]\d*", a) for a in argv)
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        message = _flag_error(e)
+    except (AttributeError, KeyError) as e:  # a --config.* override of a field that does not exist
+        message = _config_override_error(e, argv)
+    if verbose:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_REFUSED)
 
 
 def run(main) -> None:
@@ -48,4 +88,4 @@ def run(main) -> None:
             print(f"{'error' if refused else 'stopped'}: {one_line(e)}{hint}", file=sys.stderr, flush=True)
             return EXIT_REFUSED if refused else EXIT_STOPPED
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=_parse_flags)

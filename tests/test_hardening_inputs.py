@@ -85,3 +85,46 @@ def test_pickled_npy_names_the_flag(tmp_path):
             sample.main(["sample"])
     finally:
         sample.flags.FLAGS.unparse_flags()
+
+
+def test_unknown_fields_suggest_the_nearest_name():
+    from aapt_jax.data.sources import data_config, validate_data_config
+    from aapt_jax.train.pipeline import stage_config
+    from configs import tiny_world
+
+    with pytest.raises(ValueError, match=r"unknown config field\(s\) \['windw'\] \(did you mean 'window'\?\)"):
+        DiTConfig.from_mapping(dict(windw=3))
+    with pytest.raises(ValueError, match=r"data: unknown fields \['latent_frame'\] \(did you mean 'latent_frames'"):
+        validate_data_config(dict(data_config(), latent_frame=3))
+    with pytest.raises(ValueError, match=r"override train.stepz: the vae config has no field 'stepz' "
+                                         r"\(did you mean 'steps'\?\)"):
+        stage_config(tiny_world.get_config, "vae", "/tmp/p", {"train.stepz": 3})
+
+
+def test_generator_that_does_not_fit_names_the_field(tmp_path, sampler):
+    from flax import nnx
+
+    from aapt_jax.io import checkpoint as ckpt
+    from aapt_jax.io.generator_source import load_generator
+
+    _, params = sampler
+    ckpt.save_export(str(tmp_path), nnx.to_pure_dict(params), {"stage": "distill", "model": CFG.to_dict()})
+    loaded, stage = load_generator(str(tmp_path), CFG)
+    assert stage == "distill"
+    with pytest.raises(ValueError, match=r"checkpoint: the generator in .* does not fit the model config: "
+                                         r"model.ffn_dim: saved 16, given 32; first differing param .*ffn"):
+        load_generator(str(tmp_path), CFG.replace(ffn_dim=32))
+
+
+def test_truncated_safetensors_names_the_file(tmp_path):
+    from safetensors.numpy import save_file
+
+    from aapt_jax.io.safetensors_io import load_state_dict
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": np.ones((64, 64), np.float32)}, str(path))
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=f"{path}: cannot read as safetensors .* truncated"):
+        load_state_dict(str(path))
+    with pytest.raises(ValueError, match=f"{path}: cannot read as safetensors"):
+        load_state_dict(str(tmp_path))

@@ -75,6 +75,9 @@ def test_binary_prints_one_line_and_exits_2(tmp_path):
     assert not workdir.exists()
     verbose = _launch(*args, "--verbosity=1")
     assert verbose.returncode == 2 and "Traceback" in verbose.stderr
+    typo = _launch(f"--workdir={workdir}", "--config=configs/tiny_world.py:vae", "--config.train.lrr=1")
+    assert typo.returncode == 2 and typo.stderr.strip().splitlines() == [
+        "error: --config.train.lrr: unknown config field 'lrr'; did you mean 'lr'?"]
 
 
 def test_camera_control_on_a_video_folder_is_refused_before_loading(tmp_path):

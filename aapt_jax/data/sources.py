@@ -36,6 +36,7 @@ from aapt_jax.data.pose_figure import pose_clip
 from aapt_jax.data.video_folder import VideoFolder
 from aapt_jax.data.world import make_world, render_path
 from aapt_jax.data.world_camera import random_walk
+from aapt_jax.fields import suggestions
 from aapt_jax.model.camera import SPATIAL_FACTOR, TEMPORAL_FACTOR
 
 SOURCES = ("world", "pose", "folder", "latents")
@@ -193,7 +194,8 @@ def validate_data_config(data_cfg) -> dict:
     defaults = data_config()
     unknown = sorted(set(given) - set(defaults))
     if unknown:
-        raise ValueError(f"data: unknown fields {unknown}; expected fields {sorted(defaults)}")
+        raise ValueError(f"data: unknown fields {unknown}{suggestions(unknown, defaults)}; "
+                         f"expected fields {sorted(defaults)}")
     cfg = {**defaults, **given}
     if cfg["source"] not in SOURCES:
         raise ValueError(f"data.source: expected one of {SOURCES}, got {cfg['source']!r}")

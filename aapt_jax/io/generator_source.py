@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -12,6 +13,10 @@ from flax import nnx
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.wan_transformer import abstract_params, load_wan_transformer, widen_patch_kernel
 from aapt_jax.model.config import DiTConfig
+
+# Fields that change how a model runs but not its params' shapes.
+RUNTIME_FIELDS = ("window", "attention_impl", "dtype", "param_dtype", "latent_height", "latent_width", "causal",
+                  "remat", "eps", "rope_theta", "rope_temporal_interval", "text_len")
 
 
 def load_generator(source: str, cfg: DiTConfig, *, stages: tuple[str, ...] | None = None, seed: int = 0,
@@ -44,7 +49,19 @@ def load_generator(source: str, cfg: DiTConfig, *, stages: tuple[str, ...] | Non
     want = jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(abstract_params(cfg)))
     got = jax.tree.map(lambda x: x.shape, params)
     if want != got:
-        raise ValueError(f"{field}: the generator in {source} ({src_cfg.num_layers} layers, dim {src_cfg.dim}, "
-                         f"{src_cfg.in_channels} input channels) does not fit the model config "
-                         f"({cfg.num_layers} layers, dim {cfg.dim}, {cfg.in_channels} input channels)")
+        raise ValueError(f"{field}: the generator in {source} does not fit the model config: "
+                         f"{_shape_differences(src_cfg, cfg, got, want)}")
     return params, info["stage"]
+
+
+def _shape_differences(saved: DiTConfig, given: DiTConfig, got, want) -> str:
+    """The config fields that differ (saved vs given) and the first param whose shape differs."""
+    fields = [f.name for f in dataclasses.fields(DiTConfig)
+              if f.name not in RUNTIME_FIELDS and getattr(saved, f.name) != getattr(given, f.name)]
+    leaves_got = dict(jax.tree_util.tree_flatten_with_path(got, is_leaf=lambda x: isinstance(x, tuple))[0])
+    leaves_want = dict(jax.tree_util.tree_flatten_with_path(want, is_leaf=lambda x: isinstance(x, tuple))[0])
+    param = next((f"{jax.tree_util.keystr(k)} saved {leaves_got.get(k)}, expected {leaves_want.get(k)}"
+                  for k in sorted(set(leaves_got) | set(leaves_want), key=str)
+                  if leaves_got.get(k) != leaves_want.get(k)), "")
+    named = ", ".join(f"model.{f}: saved {getattr(saved, f)!r}, given {getattr(given, f)!r}" for f in fields)
+    return f"{named or 'no config field differs'}; first differing param {param}"

@@ -25,12 +25,20 @@ def _to_numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
+def _load_file(path: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    try:
+        return dict(load_file(path))
+    except Exception as e:  # SafetensorError, OSError...: a truncated or foreign file; name it once
+        raise ValueError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e}); the file is "
+                         f"truncated or not a safetensors file") from e
+
+
 def load_state_dict(source) -> dict[str, np.ndarray]:
     """A flat ``{key: numpy array}`` from a directory, a ``.safetensors`` file or a mapping."""
     if isinstance(source, Mapping):
         return {k: _to_numpy(v) for k, v in source.items()}
-    from safetensors.numpy import load_file
-
     path = os.fspath(source)
     if os.path.isdir(path):
         shards = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
@@ -38,13 +46,13 @@ def load_state_dict(source) -> dict[str, np.ndarray]:
             raise ValueError(f"{path}: no *.safetensors files in this directory")
         out: dict[str, np.ndarray] = {}
         for shard in shards:
-            out.update(load_file(os.path.join(path, shard)))
+            out.update(_load_file(os.path.join(path, shard)))
         return out
     if not os.path.exists(path):
         raise ValueError(f"{path}: no such file or directory")
     if not path.endswith(".safetensors"):
         raise ValueError(f"{path}: expected a .safetensors file or a diffusers model directory")
-    return dict(load_file(path))
+    return _load_file(path)
 
 
 def load_config(source) -> dict | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from aapt_jax.fields import suggestions
 from aapt_jax.model.attention import IMPLEMENTATIONS
 
 DTYPES = ("float32", "bfloat16")
@@ -97,7 +98,8 @@ class DiTConfig:
         items = dict(mapping)
         unknown = sorted(set(items) - names)
         if unknown:
-            raise ValueError(f"model: unknown config field(s) {unknown}; expected a subset of {sorted(names)}")
+            raise ValueError(f"model: unknown config field(s) {unknown}{suggestions(unknown, names)}; "
+                             f"expected a subset of {sorted(names)}")
         if "patch_size" in items:
             items["patch_size"] = tuple(int(p) for p in items["patch_size"])
         return cls(**items)

@@ -15,6 +15,7 @@ from typing import Callable
 
 from ml_collections import ConfigDict
 
+from aapt_jax.fields import suggestions
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.train.loop import train
 from aapt_jax.train.stages import check_config
@@ -42,12 +43,12 @@ def stage_config(get_config: Callable[[str], ConfigDict], stage: str, workdir: s
     for dotted, value in (overrides or {}).items():
         *path, leaf = dotted.split(".")
         target = c
-        for name in path:
+        for depth, name in enumerate(path + [leaf]):
             if name not in target:
-                raise ValueError(f"override {dotted}: the {stage} config has no field {name!r}")
-            target = target[name]
-        if leaf not in target:
-            raise ValueError(f"override {dotted}: the {stage} config has no field {leaf!r}")
+                raise ValueError(f"override {dotted}: the {stage} config has no field {name!r}"
+                                 f"{suggestions([name], target.keys())}")
+            if depth < len(path):
+                target = target[name]
         target[leaf] = value
     return c
 
