@@ -10,6 +10,7 @@ long), then serves the page and one stream per client. Ctrl-C or SIGTERM stops c
 
 import logging as py_logging
 import secrets
+import socket
 import sys
 
 from absl import app, flags, logging
@@ -41,6 +42,10 @@ def main(argv):
     if token is None and not is_loopback(_HOST.value):
         token = secrets.token_urlsafe(16)
     options = ServerOptions(host=_HOST.value, port=_PORT.value, capacity=_CAPACITY.value, token=token)
+    try:
+        socket.getaddrinfo(options.host, options.port)
+    except socket.gaierror as err:
+        raise ValueError(f"--host: expected an address of this machine, got {options.host!r} ({err})") from None
     config = _CONFIG.value
     engine = Engine(config, _CHECKPOINT.value, _VAE.value or config.vae.checkpoint, seed=_SEED.value)
     if engine.random_generator:

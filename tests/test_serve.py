@@ -376,3 +376,38 @@ def test_binary_serves_and_stops_cleanly_on_sigterm():
     assert close_code == 1001
     assert rc == 0, rest
     assert "stopped" in rest
+
+
+def test_engine_loads_stage_exports(tmp_path):
+    import jax
+    from flax import nnx
+
+    from aapt_jax import configs
+    from aapt_jax.io import checkpoint as ckpt
+    from aapt_jax.model import vae as vae_lib
+    from aapt_jax.model.dit import create
+    from aapt_jax.model.vae_config import get_vae_config
+    from aapt_jax.serve.engine import Engine
+
+    config = configs.get("tiny_world")
+    cfg = configs.model_config(config)
+    _, params = create(cfg, 3)
+    ckpt.save_export(str(tmp_path / "adv"), nnx.to_pure_dict(params), {"stage": "adversarial", "model": cfg.to_dict()})
+    _, vae_params = vae_lib.init_vae(get_vae_config("tiny"), 4)
+    ckpt.save_export(str(tmp_path / "vae"), nnx.to_pure_dict(vae_params), {"stage": "vae", "vae_preset": "tiny"})
+    engine = Engine(config, str(tmp_path / "adv"), str(tmp_path / "vae"))
+    info = engine.describe()
+    assert info["random_weights"] is False and "adversarial" in info["generator"]
+    saved, loaded = jax.tree.leaves(nnx.to_pure_dict(params)), jax.tree.leaves(engine.params)
+    assert all(np.array_equal(a, b) for a, b in zip(saved, loaded))
+    with pytest.raises(ValueError, match="--checkpoint"):
+        Engine(config, str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("flag,message", [("--capacity=0", "capacity: expected an int >= 1"),
+                                          ("--host=no-such-host.invalid", "--host: expected an address")])
+def test_binary_rejects_bad_flags_before_compiling(flag, message):
+    proc = subprocess.run([sys.executable, "-m", "launch.serve", flag, "--port=0"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode != 0
+    assert message in proc.stderr and "compiling" not in proc.stderr

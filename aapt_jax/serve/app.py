@@ -34,12 +34,13 @@ STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.c
 # aiohttp closes a connection (code 1009) past this; up to it, oversized messages get an
 # error reply from the protocol and the connection stays open.
 HARD_MESSAGE_LIMIT = 2 * protocol.MAX_MESSAGE_BYTES
+MAX_RECORD_BYTES = 256 << 20  # per client, for ``export``
 
 
 @dataclasses.dataclass(frozen=True)
 class ServerOptions:
     """host/port to bind; capacity: concurrent clients; token: required on /ws when set;
-    record_seconds: how much of a stream ``export`` can return."""
+    record_seconds: how much of a stream ``export`` can return (at most 256 MiB of frames)."""
     host: str = "127.0.0.1"
     port: int = 8080
     capacity: int = 2
@@ -122,7 +123,9 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
         return await _refuse(ws, "capacity", f"the server is at capacity ({options.capacity} streams); "
                              "try again later", 1013)
     engine: Engine = app[ENGINE]
-    session = Session(ws, engine, record_frames=int(options.record_seconds * engine.fps))
+    height, width = engine.video_hw
+    record_frames = min(int(options.record_seconds * engine.fps), MAX_RECORD_BYTES // (height * width * 3))
+    session = Session(ws, engine, record_frames=max(1, record_frames))
     sessions.add(session)
     log.info("client connected (%d/%d)", len(sessions), options.capacity)
     try:
