@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 from aapt_jax.serve.app import BackgroundServer, ServerOptions
@@ -101,3 +102,19 @@ def test_page_streams_a_world_and_a_held_key_moves_the_camera(page, tmp_path):
     assert shot.stat().st_size > 10_000
     if os.environ.get("AAPT_SERVE_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["AAPT_SERVE_SCREENSHOT"])
+
+
+def test_page_starts_from_an_uploaded_picture(page, tmp_path):
+    from PIL import Image
+
+    driver = page
+    _wait(driver, "window.aapt.info")
+    picture = tmp_path / "picture.png"
+    gradient = np.linspace(0, 255, 160 * 90 * 3).reshape(90, 160, 3).astype(np.uint8)
+    Image.fromarray(gradient).save(picture)
+    driver.find_element(By.ID, "image").send_keys(str(picture))
+    stream = driver.execute_script("return window.aapt.stream")
+    driver.find_element(By.ID, "start-image").click()  # replaces a running stream, if any
+    _wait(driver, f"window.aapt.stream > {stream} && window.aapt.source === 'image' && window.aapt.frames.length >= 8")
+    assert "image" in driver.find_element(By.ID, "status").text
+    assert driver.execute_script("return window.aapt.errors.length") == 0

@@ -12,7 +12,7 @@ const canvas = $("screen");
 const ctx = canvas.getContext("2d");
 
 const aapt = window.aapt = {
-  connected: false, info: null, stream: 0, frames: [], latencies: [], errors: [],
+  connected: false, info: null, stream: 0, running: false, source: null, frames: [], latencies: [], errors: [],
   held: new Set(), seq: 0,
 };
 let ws = null;
@@ -54,13 +54,17 @@ function onJson(msg) {
     }
   } else if (msg.type === "started") {
     aapt.stream = msg.stream;
+    aapt.running = true;
+    aapt.source = msg.source;
     aapt.frames = [];
     pending.clear();
     setStatus(`streaming (${msg.source}${msg.source === "world" ? " seed " + msg.seed : ""})`);
     canvas.focus();
   } else if (msg.type === "stopped") {
+    aapt.running = false;
     setStatus("stopped");
   } else if (msg.type === "error") {
+    if (msg.code === "internal" && msg.stream) aapt.running = false;
     aapt.errors.push(msg);
     setStatus("error: " + msg.message, true);
   }
@@ -163,13 +167,18 @@ window.addEventListener("mousemove", (ev) => {
 });
 setInterval(() => { if (drag[0] || drag[1]) sendKeys(); }, 50);
 
-$("start-world").onclick = () => send({type: "start", source: "world", seed: Number($("seed").value) || 0});
+// A new start replaces the running stream: the server takes messages in order.
+function start(msg) {
+  if (aapt.running) send({type: "stop"});
+  send(msg);
+}
+$("start-world").onclick = () => start({type: "start", source: "world", seed: Number($("seed").value) || 0});
 $("start-image").onclick = () => {
   const file = $("image").files[0];
   if (!file) return setStatus("choose a PNG or JPEG first", true);
   if (file.size > 8 * 1024 * 1024) return setStatus("the picture is over 8 MiB", true);
   const reader = new FileReader();
-  reader.onload = () => send({type: "start", source: "image", image: reader.result});
+  reader.onload = () => start({type: "start", source: "image", image: reader.result});
   reader.readAsDataURL(file);
 };
 $("reset").onclick = () => send({type: "reset"});
