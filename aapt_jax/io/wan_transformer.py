@@ -12,7 +12,9 @@ the model adapt to new inputs faster) unless ``new_channels='zero'``.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from typing import Any, Mapping
 
 import jax
@@ -90,17 +92,35 @@ def _torch_shape(hook, shape, cfg: DiTConfig, in_channels: int):
     return tuple(shape)
 
 
+def converted_model_fields(source) -> dict[str, Any]:
+    """Our model config recorded beside a transformer folder written by ``launch.convert``
+    (``../aapt.json``), or ``{}`` for any other source."""
+    if isinstance(source, Mapping) or not os.path.isdir(os.fspath(source)):
+        return {}
+    path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(source))), "aapt.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        model = json.load(f).get("model") or {}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}
+
+
 def config_from_diffusers(hf: Mapping[str, Any], **overrides) -> DiTConfig:
-    """Our config for a diffusers ``config.json`` (text-to-video Wan2.1 models)."""
+    """Our config for a diffusers ``config.json`` (text-to-video Wan models).
+
+    Every field diffusers saves is read or has no effect on the weights: ``qk_norm`` (its
+    Wan attention always normalizes q and k across heads), ``rope_max_seq_len`` (our RoPE
+    has no table), ``pos_embed_seq_len`` (image branch only). Input channels beyond the
+    output's are accepted only with ``overrides`` saying what they are (an AAPT generator's
+    recycled frame and controls: see ``aapt.json`` of a converted folder)."""
     if hf.get("image_dim") is not None or hf.get("added_kv_proj_dim") is not None:
         raise ValueError("config.json: image_dim/added_kv_proj_dim are set (Wan I2V with a CLIP "
                          "image branch); expected a text-to-video transformer")
-    if hf.get("qk_norm", "rms_norm_across_heads") != "rms_norm_across_heads":
-        raise ValueError(f"config.json qk_norm: expected 'rms_norm_across_heads', got {hf['qk_norm']!r}")
     out_ch = hf.get("out_channels") or hf.get("in_channels", 16)
-    if hf.get("in_channels", 16) != out_ch:
-        raise ValueError(f"config.json in_channels: expected out_channels ({out_ch}) for a base T2V "
-                         f"model, got {hf.get('in_channels')}")
+    if hf.get("in_channels", 16) != out_ch and not overrides.get("causal"):
+        raise ValueError(f"config.json in_channels: expected out_channels ({out_ch}) for a base T2V model, got "
+                         f"{hf.get('in_channels')} (extra input channels need their meaning: load a folder "
+                         f"written by launch.convert, whose aapt.json gives it, or pass cfg)")
     fields = dict(
         num_layers=hf.get("num_layers", 40), num_heads=hf.get("num_attention_heads", 40),
         head_dim=hf.get("attention_head_dim", 128), ffn_dim=hf.get("ffn_dim", 13824),
@@ -160,7 +180,7 @@ def load_wan_transformer(source, cfg: DiTConfig | None = None, *, new_channels: 
         hf = load_config(source)
         if hf is None:
             raise ValueError("cfg: required when loading a state dict or file without config.json")
-        cfg = config_from_diffusers(hf)
+        cfg = config_from_diffusers(hf, **converted_model_fields(source))
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(seed))))
     ours_shapes = {p: tuple(v.shape) for p, v in _flat(nnx.to_pure_dict(abstract)).items()}
     rows = key_map(cfg)

@@ -60,8 +60,8 @@ class DiTConfig:
              "three positive ints (t, h, w)")
         need("patch_size", self.patch_size[0] == 1 or not self.causal,
              "temporal patch 1 for the causal model (one latent frame per step)")
-        need("freq_dim", self.freq_dim % 2 == 0, "an even int")
-        need("head_dim", self.head_dim % 2 == 0 and self.head_dim >= 6, "an even int >= 6 (3D RoPE)")
+        # RoPE rotates channel pairs; below 6 channels the height/width parts are empty (as in diffusers).
+        need("head_dim", self.head_dim % 2 == 0, "an even int (RoPE rotates channel pairs)")
         need("window", isinstance(self.window, int) and self.window >= 1, "an int >= 1")
         need("control_channels", isinstance(self.control_channels, int) and self.control_channels >= 0,
              "an int >= 0")

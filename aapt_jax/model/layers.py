@@ -68,9 +68,12 @@ def timestep_sinusoid(t, dim, max_period=10000.0):
     Args:
       t: float array of any shape ``[...]`` (Wan timesteps live in [0, 1000]).
     Returns:
-      fp32 ``[..., dim]``.
+      fp32 ``[..., dim]``; an odd ``dim`` ends with a zero channel, as in diffusers.
     """
     half = dim // 2
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
     args = t.astype(jnp.float32)[..., None] * freqs
-    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    parts = [jnp.cos(args), jnp.sin(args)]
+    if dim % 2:
+        parts.append(jnp.zeros(args.shape[:-1] + (1,), jnp.float32))
+    return jnp.concatenate(parts, axis=-1)

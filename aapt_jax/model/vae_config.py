@@ -182,13 +182,25 @@ class VAEConfig:
             value = config.get(key, defaults.get(key))
             return tuple(value) if isinstance(value, list) else value
 
+        z_dim = get("z_dim")
+        stats = {}
+        for key, wan21 in (("latents_mean", WAN21_LATENTS_MEAN), ("latents_std", WAN21_LATENTS_STD)):
+            value = get(key)
+            if value is not None and len(value) != z_dim:
+                # diffusers' save_pretrained writes its 16 Wan2.1 defaults whatever z_dim is.
+                if tuple(float(v) for v in value) != wan21:
+                    raise ValueError(f"AutoencoderKLWan config {key}: expected {z_dim} values (z_dim), got {len(value)}")
+                logging.info("AutoencoderKLWan config: %s holds diffusers' 16 defaults, not %d values "
+                             "(z_dim); using no latent normalization", key, z_dim)
+                value = None
+            stats[key] = value
         fields = dict(
-            base_dim=get("base_dim"), z_dim=get("z_dim"), dim_mult=get("dim_mult"),
+            base_dim=get("base_dim"), z_dim=z_dim, dim_mult=get("dim_mult"),
             num_res_blocks=get("num_res_blocks"),
             temporal_downsample=tuple(bool(t) for t in get("temperal_downsample")),
             decoder_base_dim=get("decoder_base_dim"), decoder_dim_mult=get("decoder_dim_mult"),
             decoder_num_res_blocks=get("decoder_num_res_blocks"),
-            latents_mean=get("latents_mean"), latents_std=get("latents_std"))
+            **stats)
         fields.update(overrides)
         return cls(**fields)
 

@@ -157,7 +157,8 @@ def _train_locked(config: ConfigDict, workdir: str) -> dict:
             data_state = data_state.decode()
         # A copy: the save runs in the background while the next step donates `state`.
         manager.save(step, jax.tree.map(jnp.copy, state),
-                     {"config": fingerprint, "data_state": data_state, "stage": stage.name})
+                     {"config": fingerprint, "data_state": data_state, "stage": stage.name,
+                      "info": stage.info})
 
     start = int(state["step"])
     losses, t_last, summary = [], time.perf_counter(), {}

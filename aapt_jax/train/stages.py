@@ -180,7 +180,8 @@ def build(config: ConfigDict) -> Stage:
     decode = lambda vp, z: _decode(vcfg, vae_graphdef, vp, z)  # noqa: E731
     info = dict(stage=name, model=cfg.replace(causal=(name != "base"),
                                               control_channels=0 if name == "base" else cfg.control_channels).to_dict(),
-                vae_preset=config.vae.preset)
+                vae_preset=config.vae.preset, vae_checkpoint=config.vae.checkpoint,
+                control=config.control.to_dict())
 
     if name == "base":
         base = cfg.replace(causal=False, control_channels=0)
