@@ -17,7 +17,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from aapt_jax.serve.app import ServerOptions, is_loopback, run
-from aapt_jax.serve.camera_rig import CameraRig
 from aapt_jax.serve.engine import Engine
 
 # The shipped tiny-world AAPT generator and VAE become the defaults here once they exist.
@@ -53,8 +52,7 @@ def main(argv):
     if engine.random_vae:
         logging.warning("no --vae: the VAE is RANDOMLY INITIALISED (untrained)")
     logging.info("compiling the generator step and the VAE decode...")
-    rig = CameraRig.free(engine.video_hw)
-    seconds = engine.warm_up(*rig.advance(frozenset(), (0.0, 0.0), engine.frames_per_latent))
+    seconds = engine.warm_up()
     logging.info("compiled in %.1f s (%s)", seconds, engine.describe())
 
     def ready(port):

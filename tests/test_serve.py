@@ -411,3 +411,26 @@ def test_binary_rejects_bad_flags_before_compiling(flag, message):
                           text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode != 0
     assert message in proc.stderr and "compiling" not in proc.stderr
+
+
+def test_a_failing_stream_is_reported_and_the_server_goes_on(url, engine, monkeypatch):
+    def broken(*args, **kwargs):
+        raise FloatingPointError("NaN in the latent frame")
+
+    async def main():
+        async with aiohttp.ClientSession() as http:
+            c, _ = await _connect(http, url)
+            with monkeypatch.context() as m:
+                m.setattr(engine, "next", broken)
+                await c.ws.send_json({"type": "start", "source": "world", "seed": 0})
+                assert (await c.reply())["type"] == "started"
+                failed = await c.reply()
+            await c.ws.send_json({"type": "reset"})  # the connection is still usable
+            restarted = await c.reply()
+            await c.wait_frames(6)
+            await c.ws.close()
+            return failed, restarted
+
+    failed, restarted = asyncio.run(main())
+    assert failed["code"] == "internal" and "FloatingPointError" in failed["message"]
+    assert restarted["type"] == "started"

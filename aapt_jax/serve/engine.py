@@ -156,13 +156,14 @@ class Engine:
         handle.index += 1
         return frames, 1e3 * (t1 - t0), 1e3 * (t2 - t1)
 
-    def warm_up(self, intrinsics: np.ndarray, c2w: np.ndarray) -> float:
-        """Compile every jitted path (start, first and steady decode, step) with the shapes
-        streams use; returns and records the seconds it took."""
+    def warm_up(self) -> float:
+        """Compile every jitted path (encode, init, first and steady decode, step) with the
+        shapes and dtypes streams use; returns and records the seconds it took."""
         t0 = time.perf_counter()
         handle, _ = self.start(np.zeros((*self.video_hw, 3), np.uint8), seed=0)
+        rig = CameraRig.free(self.video_hw)
         for _ in range(2):
-            self.next(handle, intrinsics, c2w)
+            self.next(handle, *rig.advance(frozenset({"forward"}), (0.0, 0.0), self.frames_per_latent))
         self.compile_s = time.perf_counter() - t0
         return self.compile_s
 
@@ -183,5 +184,5 @@ def cached_engine(config_name: str, checkpoint: str = "", vae: str = "", seed: i
     """One warm engine per (named config, weights) in a process: the tests and the bench
     share its compile."""
     engine = Engine(configs.get(config_name), checkpoint, vae, seed)
-    engine.warm_up(*CameraRig.free(engine.video_hw).advance(frozenset(), (0.0, 0.0), engine.frames_per_latent))
+    engine.warm_up()
     return engine

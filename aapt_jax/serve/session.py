@@ -160,9 +160,12 @@ class Session:
         return True
 
     def _worker_error(self, sid: int, message: str) -> None:
-        self.loop.call_soon_threadsafe(
-            lambda: asyncio.ensure_future(self.send_json({"type": "error", "code": "internal", "stream": sid,
-                                                          "message": message})))
+        """Worker thread: tell the client its stream died (the connection stays usable)."""
+        reply = {"type": "error", "code": "internal", "stream": sid, "message": message}
+        try:
+            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.send_json(reply)))
+        except RuntimeError:
+            pass  # the event loop is already closed: the server is shutting down
 
     async def _send_loop(self) -> None:
         height, width = self.engine.video_hw
