@@ -156,7 +156,8 @@ async def _close_all(app: web.Application) -> None:
 
 
 async def _serve(app: web.Application, host: str, port: int, stop: asyncio.Event, ready=None):
-    runner = web.AppRunner(app, handle_signals=False)
+    # Streams are closed by on_shutdown; the timeout only bounds a handler still encoding an export.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

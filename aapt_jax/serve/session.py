@@ -121,7 +121,7 @@ class Session:
     async def _on_export(self, msg: dict) -> None:
         if not self.recorded:
             raise ProtocolError("out_of_order", "export: no frames streamed yet; send start first")
-        frames = np.stack(list(self.recorded))
+        frames = list(self.recorded)
         data = await self.loop.run_in_executor(None, _mp4_bytes, frames, self.engine.fps)
         if not self.ws.closed:
             await self.ws.send_bytes(protocol.pack({"type": "mp4", "frames": len(frames), "fps": self.engine.fps},
@@ -203,9 +203,11 @@ class Session:
             pass
 
 
-def _mp4_bytes(frames: np.ndarray, fps: float) -> bytes:
+def _mp4_bytes(frames: list[np.ndarray], fps: float) -> bytes:
+    """uint8 ``[H, W, 3]`` frames -> the bytes of an H.264 MP4 (off the event loop: seconds
+    for minutes of video)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "stream.mp4")
-        write_mp4(path, frames, fps=fps)
+        write_mp4(path, np.stack(frames), fps=fps)
         with open(path, "rb") as f:
             return f.read()
