@@ -137,6 +137,36 @@ def test_options_and_loopback():
         ServerOptions(token="short")
 
 
+def test_controls_count_a_tap_shorter_than_a_latent_frame():
+    from aapt_jax.serve.worker import Controls
+
+    controls = Controls()
+    controls.update(1, frozenset({"forward"}), (3.0, 0.0))
+    controls.update(2, frozenset(), (1.0, -2.0))  # released before the next latent frame began
+    assert controls.take() == (frozenset({"forward"}), (4.0, -2.0), 2)
+    assert controls.take() == (frozenset(), (0.0, 0.0), 2)
+
+
+def test_camera_rig_moves_along_its_heading_and_not_through_walls():
+    from aapt_jax.data.world import make_world
+    from aapt_jax.data.world_camera import CameraState, wall_distance
+    from aapt_jax.serve.camera_rig import MOVE_PER_FRAME, CameraRig
+
+    rig = CameraRig.free((64, 64), CameraState(0.0, 0.0, np.pi / 2))
+    intrinsics, c2w = rig.advance(frozenset({"forward"}), (0.0, 0.0), 4)
+    assert intrinsics.shape == (1, 5, 4) and c2w.shape == (1, 5, 4, 4) and c2w.dtype == np.float32
+    np.testing.assert_allclose(c2w[0, :, 0, 3], MOVE_PER_FRAME * np.arange(5), atol=1e-6)  # yaw pi/2: +x
+    np.testing.assert_allclose(c2w[0, :, 2, 3], 0.0, atol=1e-6)
+    rig.advance(frozenset({"turn_left"}), (0.0, 0.0), 4)
+    assert rig.state.yaw < np.pi / 2
+    world = make_world(0)
+    iz, ix = world.free_cells()[0]
+    walker = CameraRig.in_world(world, CameraState((ix + 0.5) * 2.0, (iz + 0.5) * 2.0, 0.0), (64, 64))
+    for _ in range(40):
+        walker.advance(frozenset({"forward", "right"}), (0.0, 0.0), 4)
+        assert wall_distance(world, walker.state.x, walker.state.z) >= 0.35 - 1e-9
+
+
 # --- the running server ---
 
 def _fuzz_messages(rng: random.Random):
