@@ -138,7 +138,8 @@ function sendKeys() {
 }
 aapt.sendKeys = sendKeys;
 
-function typing(ev) { return ev.target && (ev.target.tagName === "INPUT" || ev.target.tagName === "BUTTON"); }
+// Keys typed into the seed field are not moves; after a click on a button they are.
+function typing(ev) { return ev.target && ev.target.tagName === "INPUT"; }
 
 document.addEventListener("keydown", (ev) => {
   const action = KEYMAP[ev.code];
