@@ -11,11 +11,11 @@ long), then serves the page and one stream per client. Ctrl-C or SIGTERM stops c
 import logging as py_logging
 import secrets
 import socket
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
+from aapt_jax import cli
 from aapt_jax.serve.app import ServerOptions, is_loopback, run
 from aapt_jax.serve.engine import Engine
 
@@ -66,4 +66,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)
