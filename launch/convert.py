@@ -5,14 +5,15 @@
         --what=generator,discriminator --dtype=float32
 
 Writes OUT/transformer (WanTransformer3DModel), OUT/aapt.json, OUT/vae (AutoencoderKLWan)
-and, when asked, OUT/discriminator; refuses an existing OUT. See aapt_jax/io/convert.py.
+and, when asked, OUT/discriminator; refuses an existing OUT (exit status 2, as for any bad
+input; see aapt_jax/cli.py). See aapt_jax/io/convert.py.
 """
 
 import json
-import sys
 
-from absl import app, flags
+from absl import flags, logging
 
+from aapt_jax import cli
 from aapt_jax.io.convert import convert
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A stage workdir or WORKDIR/checkpoints/STEP.", required=True)
@@ -24,9 +25,10 @@ _VAE = flags.DEFINE_string("vae", "", "VAE stage workdir or diffusers VAE folder
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     print(json.dumps(convert(_CHECKPOINT.value, _OUT.value, dtype=_DTYPE.value, what=_WHAT.value, vae=_VAE.value)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

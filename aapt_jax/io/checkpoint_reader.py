@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging as absl_logging
 
 from aapt_jax.io.checkpoint import EXPORT_DIR, CheckpointError, export_info
+from aapt_jax.io.checksums import verify_manifest
 
 
 class CheckpointTensors:
@@ -109,6 +110,7 @@ class CheckpointSource:
         if os.path.isfile(os.path.join(path, EXPORT_DIR, "info.json")):
             self.info = export_info(path)
             self.path = os.path.join(path, EXPORT_DIR)
+            verify_manifest(self.path)  # a truncated or changed file is named before any read
             self.tensors = CheckpointTensors(os.path.join(self.path, "params"))
             self.params_prefix = ""
             return

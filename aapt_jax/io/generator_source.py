@@ -23,8 +23,9 @@ def load_generator(source: str, cfg: DiTConfig, *, stages: tuple[str, ...] | Non
                    field: str = "checkpoint"):
     """Params (a pure dict) of ``cfg`` from ``source``, and the stage that produced them.
 
-    source: a diffusers transformer directory (``config.json`` + safetensors) or the workdir
-      of a finished stage (its ``export/``). A base (bidirectional) checkpoint loaded into a
+    source: a diffusers transformer directory (``config.json`` + safetensors), a folder
+      written by ``launch.convert`` (its ``transformer/``) or the workdir of a finished stage
+      (its ``export/``). A base (bidirectional) checkpoint loaded into a
       causal ``cfg`` gets its new input channels randomly initialised (paper App. G).
     stages: stages accepted as the source (None: any).
     field: the config field or flag named in errors.
@@ -33,6 +34,8 @@ def load_generator(source: str, cfg: DiTConfig, *, stages: tuple[str, ...] | Non
         raise ValueError(f"{field}: expected a finished stage's workdir or a diffusers transformer directory, got ''")
     if not os.path.exists(source):
         raise ValueError(f"{field}: {source} does not exist")
+    if os.path.isfile(os.path.join(source, "aapt.json")):  # a folder written by launch.convert
+        source = os.path.join(source, "transformer")
     if os.path.isfile(os.path.join(source, "config.json")):
         _, _, params = load_wan_transformer(source, cfg, seed=seed)
         return nnx.to_pure_dict(params), "diffusers"
