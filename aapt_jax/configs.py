@@ -90,6 +90,13 @@ def check_mesh(config: ConfigDict, device_count: int | None = None) -> None:
                              + (f" = {device_count} devices" if size == -1 else ""))
 
 
+def check_common(config: ConfigDict) -> None:
+    """The checks every binary runs on its experiment config first: finite numbers, and a
+    mesh the binaries can honour."""
+    check_finite(config)
+    check_mesh(config)
+
+
 def check_sample(config: ConfigDict) -> None:
     """``config.sample``: positive ``num_frames`` and ``batch``, an int ``seed``."""
     s = config.sample

@@ -41,6 +41,7 @@ _OUT = flags.DEFINE_string("out", "out/compare_stages", "Output directory.")
 def main(argv):
     del argv
     config = _CONFIG.value
+    configs.check_common(config)
     cfg = configs.model_config(config)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
     p1, _ = load_generator(_ADAPT.value, cfg, stages=("adapt",), field="--adapt")

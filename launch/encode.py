@@ -16,7 +16,7 @@ import json
 from absl import flags, logging
 from ml_collections import config_flags
 
-from aapt_jax import cli
+from aapt_jax import cli, configs
 from aapt_jax.data.latent_shards import check_out_dir, encode_to_shards
 from aapt_jax.io.vae_source import load_vae
 
@@ -33,27 +33,23 @@ def main(argv):
     del argv
     config = _CONFIG.value
     if "data" not in config:
-        logging.error("--config: expected a config with a data source (a 'data' field), e.g. "
-                      "configs/tiny_world.py:adapt")
-        return 2
+        raise ValueError("--config: expected a config with a data source (a 'data' field), e.g. "
+                         "configs/tiny_world.py:adapt")
+    configs.check_common(config)
     checkpoint = config.vae.checkpoint if _VAE.value is None else _VAE.value
     if not checkpoint:
         logging.warning("no VAE checkpoint: encoding with a randomly initialised %r VAE", config.vae.preset)
     seed = config.train.seed if "train" in config else 0
+    check_out_dir(_OUT.value)  # before the (possibly large) VAE loads
     try:
-        check_out_dir(_OUT.value)  # before the (possibly large) VAE loads
-        try:
-            vae = load_vae(config.vae.preset, checkpoint, seed=seed, allow_random=not checkpoint)
-        except ValueError as err:
-            if _VAE.value is None:
-                raise
-            raise ValueError(str(err).replace("vae.checkpoint", "--vae", 1)) from err
-        meta = encode_to_shards(_OUT.value, config.data, vae, vae_preset=config.vae.preset,
-                                vae_checkpoint=checkpoint, num_examples=_NUM_EXAMPLES.value,
-                                shard_size=_SHARD_SIZE.value, batch_size=_BATCH_SIZE.value)
-    except ValueError as err:  # a bad flag or config field: the message names it
-        logging.error("%s", err)
-        return 2
+        vae = load_vae(config.vae.preset, checkpoint, seed=seed, allow_random=not checkpoint)
+    except ValueError as err:
+        if _VAE.value is None:
+            raise
+        raise ValueError(str(err).replace("vae.checkpoint", "--vae", 1)) from err
+    meta = encode_to_shards(_OUT.value, config.data, vae, vae_preset=config.vae.preset,
+                            vae_checkpoint=checkpoint, num_examples=_NUM_EXAMPLES.value,
+                            shard_size=_SHARD_SIZE.value, batch_size=_BATCH_SIZE.value)
     print(json.dumps({"out": _OUT.value, "count": meta["count"], "shards": len(meta["shards"]),
                       "latent_shape": meta["latent_shape"]}))
     return 0

@@ -29,7 +29,7 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aapt_jax import cli
+from aapt_jax import cli, configs
 from aapt_jax.eval.report import evaluate
 from aapt_jax.eval.rollout import STAGE_SAMPLERS, WORLDS
 
@@ -50,6 +50,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     config = _CONFIG.value
+    configs.check_common(config)
     result = evaluate(config, vae=_VAE.value, models=_MODELS.value, seconds=_SECONDS.value, paths=_PATHS.value,
                       out=_OUT.value, seed=_SEED.value, worlds=_WORLDS.value)
     logging.info("wrote %s", _OUT.value)

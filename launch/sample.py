@@ -55,8 +55,7 @@ def _read_first_frame(path: str, shape: tuple) -> jax.Array:
 def main(argv):
     del argv
     config = _CONFIG.value
-    configs.check_finite(config)
-    configs.check_mesh(config)
+    configs.check_common(config)
     configs.check_sample(config)
     cfg = configs.model_config(config)
     ctrl_cfg = configs.control_config(config)

@@ -11,6 +11,7 @@ checkpoint (as does a stage's own divergence check, e.g. exploding discriminator
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -118,7 +119,8 @@ def train(config: ConfigDict, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     if os.path.exists(os.path.join(workdir, ckpt.EXPORT_DIR, "info.json")):
         raise ValueError(f"workdir: {workdir} already holds a finished stage; use a new workdir")
-    with WorkdirLock(workdir):
+    # One process per run holds the lock: the processes of a multi-host run share the workdir.
+    with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
         return _train_locked(config, workdir)
 
 

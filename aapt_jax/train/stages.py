@@ -145,8 +145,7 @@ def check_config(config: ConfigDict) -> None:
     for field in ("steps", "batch_size", "checkpoint_every", "log_every"):
         if isinstance(tc[field], bool) or not isinstance(tc[field], int) or tc[field] < 1:
             raise ValueError(f"train.{field}: expected a positive int, got {tc[field]!r}")
-    configs.check_finite(config)
-    configs.check_mesh(config)
+    configs.check_common(config)
     check_data_geometry(config, get_vae_config(config.vae.preset))
     data = validate_data_config(config.data)
     if name == "vae" and data["source"] == "latents":
