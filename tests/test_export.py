@@ -100,6 +100,17 @@ def test_truncated_checkpoint_names_its_path(exported, tmp_path):
     assert os.listdir(tmp_path) == ["gen"]
 
 
+def test_binary_refuses_existing_out_with_one_line(exported, tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "launch.convert", f"--checkpoint={exported['workdir']}",
+                           f"--out={exported['out']}"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert f"error: out: {exported['out']} already exists" in proc.stderr
+
+
 def test_missing_pieces_and_bad_arguments_are_named(exported, tmp_path):
     out = str(tmp_path / "out")
     with pytest.raises(ValueError, match="discriminator: .* holds no discriminator"):
@@ -135,7 +146,7 @@ def test_discriminator_from_a_training_checkpoint(exported, tmp_path):
 
     heads = load_file(os.path.join(out, "discriminator", "heads.safetensors"))
     np.testing.assert_array_equal(heads["heads.0.proj.weight"], np.asarray(d_params["heads"][0]["proj"]["kernel"]).T)
-    with open(os.path.join(out, "discriminator", "config.json")) as f:
+    with open(os.path.join(out, "discriminator", "discriminator.json")) as f:
         assert json.load(f) == {"layers": [1], "head_dim": 8, "num_heads": 1}
 
 

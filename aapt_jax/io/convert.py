@@ -4,7 +4,7 @@
       aapt.json        everything a PyTorch user needs to stream (see :func:`aapt_json`)
       transformer/     WanTransformer3DModel: config.json, sharded *.safetensors + index
       vae/             AutoencoderKLWan: config.json + diffusion_pytorch_model.safetensors
-      discriminator/   backbone/ (a WanTransformer3DModel), heads.safetensors, config.json
+      discriminator/   backbone/ (a WanTransformer3DModel), heads.safetensors, discriminator.json
 
 Tensors are read from the checkpoint one at a time, converted (the same key table as the
 importer, :mod:`aapt_jax.io.wan_transformer`) and streamed into the safetensors files, so
@@ -140,7 +140,8 @@ def write_vae(directory: str, plan) -> None:
 def write_discriminator(directory: str, cfg: DiTConfig, source: CheckpointSource, dtype: str,
                         max_shard_bytes: int) -> None:
     """``backbone/`` (a WanTransformer3DModel folder), ``heads.safetensors`` (per head ``i``:
-    ``heads.{i}.proj`` and ``heads.{i}.out`` linears, torch layout) and ``config.json``."""
+    ``heads.{i}.proj`` and ``heads.{i}.out`` linears, torch layout) and ``discriminator.json``
+    (the blocks feeding the heads, head width)."""
     prefix = source.prefix("discriminator")
     os.makedirs(directory)
     write_transformer(os.path.join(directory, "backbone"), cfg, source, prefix + ".backbone", dtype,
@@ -162,7 +163,7 @@ def write_discriminator(directory: str, cfg: DiTConfig, source: CheckpointSource
     dinfo = dict(source.info.get("discriminator") or {})
     if "layers" in dinfo:
         dinfo["layers"] = sorted((i + cfg.num_layers) % cfg.num_layers for i in dinfo["layers"])
-    _write_json(os.path.join(directory, "config.json"), dict(dinfo, num_heads=len(heads) // 4))
+    _write_json(os.path.join(directory, "discriminator.json"), dict(dinfo, num_heads=len(heads) // 4))
 
 
 # ----- aapt.json ------------------------------------------------------------------------------
