@@ -100,6 +100,52 @@ def test_truncated_checkpoint_names_its_path(exported, tmp_path):
     assert os.listdir(tmp_path) == ["gen"]
 
 
+_SHARDED_SAVE = """
+import sys, jax, numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from aapt_jax.bench.export import random_params
+from aapt_jax.io import checkpoint as ckpt
+from aapt_jax.model.config import DiTConfig
+cfg = DiTConfig.from_mapping(eval(sys.argv[2]))
+params = nnx.to_pure_dict(random_params(cfg, 5)[1])
+mesh = Mesh(np.array(jax.devices()).reshape(8), ("x",))
+def place(x):
+    spec = P(None, "x") if x.ndim == 2 and x.shape[1] % 8 == 0 else P()
+    return jax.device_put(x, NamedSharding(mesh, spec))
+sharded = jax.tree.map(place, params)
+assert len(jax.tree.leaves(sharded)[-1].sharding.device_set) == 8
+manager = ckpt.Checkpointer(sys.argv[1], async_save=False)
+manager.save(3, {"step": np.int32(3), "params": sharded}, {"config": {}, "data_state": "", "stage": "adapt",
+             "info": {"stage": "adapt", "model": cfg.to_dict()}})
+manager.close()
+flat = {"/".join(str(k.key) for k in path): np.asarray(v) for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+np.savez(sys.argv[1] + ".npz", **flat)
+"""
+
+
+def test_sharded_training_checkpoint(tmp_path):
+    """A step saved from 8 devices with sharded kernels converts in a one-device process."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ckpt_dir = str(tmp_path / "run" / "checkpoints")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=root)
+    subprocess.run([sys.executable, "-c", _SHARDED_SAVE, ckpt_dir, repr(CAUSAL.to_dict())], check=True, env=env,
+                   cwd=root, timeout=300)
+    out = str(tmp_path / "out")
+    assert convert(os.path.join(ckpt_dir, "3"), out, dtype="float32", what="generator")["step"] == 3
+    _, _, params = load_wan_transformer(os.path.join(out, "transformer"))
+    saved = np.load(ckpt_dir + ".npz")
+    flat = {"/".join(str(k.key) for k in path): np.asarray(v)
+            for path, v in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(params))[0]}
+    assert sorted(flat) == sorted(saved.files)
+    for name in saved.files:
+        assert np.array_equal(saved[name], flat[name]), name
+
+
 def test_binary_refuses_existing_out_with_one_line(exported, tmp_path):
     import subprocess
     import sys
