@@ -10,10 +10,15 @@ Wan-AI/Wan2.1-T2V-1.3B-Diffusers (``WAN/transformer`` and ``WAN/vae``); each vid
         --config.data.folder=VIDEOS --batch_size=1                                      # optional
     python -m launch.train --config=configs/wan2_1_1_3b_video.py:adapt --workdir=runs/adapt \
         --config.vae.checkpoint=WAN/vae --config.train.init_from=WAN/transformer --config.data.folder=VIDEOS
-    python -m launch.train --config=configs/wan2_1_1_3b_video.py:distill --workdir=runs/cd \
+    python -m launch.train --config=configs/wan2_1_1_3b_video.py:adapt_long --workdir=runs/adapt_long \
         --config.vae.checkpoint=WAN/vae --config.train.init_from=runs/adapt --config.data.folder=VIDEOS
+    python -m launch.train --config=configs/wan2_1_1_3b_video.py:distill --workdir=runs/cd \
+        --config.vae.checkpoint=WAN/vae --config.train.init_from=runs/adapt_long --config.data.folder=VIDEOS
     python -m launch.train --config=configs/wan2_1_1_3b_video.py:adversarial --workdir=runs/adv \
-        --config.vae.checkpoint=WAN/vae --config.train.init_from=runs/cd --config.train.disc_init_from=runs/adapt \
+        --config.vae.checkpoint=WAN/vae --config.train.init_from=runs/cd --config.train.disc_init_from=runs/adapt_long \
+        --config.data.folder=VIDEOS
+    python -m launch.train --config=configs/wan2_1_1_3b_video.py:adversarial_long --workdir=runs/adv_long \
+        --config.vae.checkpoint=WAN/vae --config.train.init_from=runs/adv --config.train.disc_init_from=runs/adapt_long \
         --config.data.folder=VIDEOS
 
 With the latent cache, train with ``--config.data.source=latents --config.data.folder=cache/wan480``
@@ -41,12 +46,21 @@ STAGE_DEFAULTS = {
     # Stage 1, diffusion adaptation: AdamW 1e-5, wd 0.01, shift 24; 20k iterations (the
     # paper's first 736x416 phase).
     "adapt": dict(steps=20_000, lr=1e-5, optimizer="adamw", weight_decay=0.01),
+    # The last adaptation phase: clips up to 15 s = 3N latent frames (the paper: 4k
+    # iterations at batch 32), continuing from the 'adapt' export.
+    "adapt_long": dict(stage="adapt", steps=4_000, lr=1e-5, optimizer="adamw", weight_decay=0.01,
+                       latent_frames=3 * WINDOW),
     # Stage 2, consistency distillation: same AdamW, 32 shifted steps, 5k iterations.
     "distill": dict(steps=5_000, lr=1e-5, optimizer="adamw", weight_decay=0.01),
-    # Stage 3, adversarial (student forcing, no extension): RMSProp alpha 0.9, lr 3e-6,
-    # 500 generator updates; aR1/aR2 sigma 0.1, lambda 1000. Long-video training continues
-    # from this export with train.extensions=1 then 5 (the paper raises lr to 1e-5 there).
-    "adversarial": dict(steps=500, lr=3e-6, optimizer="rmsprop", weight_decay=0.0),
+    # Stage 3, adversarial (student forcing, no extension): RMSProp alpha 0.9 with PyTorch's
+    # eps, lr 3e-6, 500 generator updates; aR1/aR2 sigma 0.1, lambda 1000; no gradient
+    # clipping (the paper states none).
+    "adversarial": dict(steps=500, lr=3e-6, optimizer="rmsprop", weight_decay=0.0, grad_clip=0.0),
+    # Long-video training, continuing from 'adversarial': 5 extensions overlapping by 1 s,
+    # 1 + 20 + 5 x 16 = 101 latent frames (25 s) against the 5 s window; the paper raises the
+    # learning rate to 1e-5 (and lowers the batch) here.
+    "adversarial_long": dict(stage="adversarial", steps=500, lr=1e-5, optimizer="rmsprop", weight_decay=0.0,
+                             grad_clip=0.0, extensions=5),
 }
 
 
@@ -94,7 +108,10 @@ def get_config(stage: str = "adapt") -> ConfigDict:
         # over the 30 blocks so the discriminator reads features of several depths.
         disc_init_from="", disc_layers=(12, 21, 29), disc_head_dim=256, disc_lr=0.0, rms_decay=0.9, max_logit=1e3,
     ))
-    c.train.update(STAGE_DEFAULTS[stage])
+    defaults = dict(STAGE_DEFAULTS[stage])
+    c.train.stage = defaults.pop("stage", stage)  # a phase of a stage trains that stage
+    c.data.latent_frames = defaults.pop("latent_frames", c.data.latent_frames)
+    c.train.update(defaults)
     # FSDP over all devices (the paper shards with FSDP/ZeRO).
     c.mesh = ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
     return c

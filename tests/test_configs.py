@@ -48,7 +48,7 @@ def test_every_config_is_covered():
 @pytest.mark.parametrize("name,stage", STAGED)
 def test_stage_config_builds_validated_model_and_data(name, stage):
     c = _module(name).get_config(stage)
-    assert c.train.stage == stage and stage in stages.STAGES
+    assert c.train.stage in stages.STAGES and c.train.stage in stage  # a phase names its stage
     model = configs.model_config(c)
     if stage == "base":
         model.replace(causal=False, control_channels=0)  # revalidated
@@ -68,12 +68,12 @@ def test_stage_config_builds_validated_model_and_data(name, stage):
     assert needed <= SOURCE_INPUTS[data["source"]], f"{control.kind} control on {data['source']} clips"
 
     tc = c.train
-    reference = tiny_world.get_config(stage if stage in tiny_world.STAGE_DEFAULTS else "adapt").train
+    reference = tiny_world.get_config(c.train.stage).train
     missing = set(reference) - set(tc) - ({"kl_weight"} if stage != "vae" else set())
     assert not missing, f"train fields the loop and stages read: {sorted(missing)}"
     make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip,
                    warmup_steps=tc.warmup_steps)
-    if stage == "adversarial":
+    if c.train.stage == "adversarial":
         stages.adversarial_config(c).check(data["latent_frames"])
 
 
@@ -119,3 +119,31 @@ def test_tiny_pose_adapt_trains(tmp_path):
     assert summary["finished"] and summary["step"] == 2 and np.isfinite(summary["last_10pct_loss"]), summary
     info = ckpt.export_info(str(tmp_path / "pose"))
     assert info["stage"] == "adapt" and info["model"]["control_channels"] == 13 * 4  # joints x frames, fold 1
+
+
+def _clip_frames(c) -> int:
+    """Latent frames of one training video of the config's stage, the first frame included."""
+    if c.train.stage == "adversarial":
+        return stages.adversarial_config(c).video_frames()
+    return 1 + c.data.latent_frames
+
+
+@pytest.mark.parametrize("name", sorted({n for n, _ in STAGED}))
+def test_adaptation_and_adversarial_phases_train_past_the_window(name):
+    """Some phase of stage 1 and some of stage 3 train on videos that the window masks:
+    frame f stops seeing frame 1 once f > window + 1 (the paper's last adaptation phase is
+    3N; its long-video stage 3 runs 60 s against a 5 s window)."""
+    module = _module(name)
+    phases = [module.get_config(s) for s in module.STAGE_DEFAULTS]
+    window = configs.model_config(phases[0]).window
+    for stage in ("adapt", "adversarial"):
+        longest = max(_clip_frames(c) for c in phases if c.train.stage == stage)
+        assert longest >= window + 3, (stage, longest, window)
+
+
+@pytest.mark.parametrize("name,stage", [(n, s) for n, s in STAGED if _module(n).get_config(s).train.stage
+                                        == "adversarial"])
+def test_stage_3_follows_the_paper_optimizer(name, stage):
+    tc = _module(name).get_config(stage).train
+    assert (tc.optimizer, tc.rms_decay) == ("rmsprop", 0.9)
+    assert not tc.grad_clip  # the paper states no clipping

@@ -1,18 +1,132 @@
-"""Stage 3 cost at the tiny config: one generator + discriminator update.
+"""Stage 3 cost: one generator + discriminator update.
 
-``student_forcing_step_s``: seconds per update with the generator rolling out through its
-KV cache (the default mode); ``teacher_forcing_step_s`` (App. D mode) and
-``long_video_step_s`` (one extension segment) and ``student_forcing_remat_step_s``
-(remat per block) for comparison. Peak memory comes from the
-compiled update's ``memory_analysis()``: arguments + outputs + temporaries - aliased
+Time, at the tiny config: ``student_forcing_step_s``: seconds per update with the generator
+rolling out through its KV cache (the default mode); ``teacher_forcing_step_s`` (App. D
+mode) and ``long_video_step_s`` (one extension segment) and
+``student_forcing_remat_step_s`` (remat per block) for comparison. Peak memory comes from
+the compiled update's ``memory_analysis()``: arguments + outputs + temporaries - aliased
 (donated) buffers, i.e. what XLA plans to hold at once, not a sampled RSS.
+
+Memory of the generator's backward, backend-independently on abstract shapes
+(``saved_residuals``: what the backward pass keeps, less its own arguments, i.e. params and
+batch, which are held anyway): the student-forcing generator loss (rollout without gradient,
+then one parallel replay judged by the discriminator) against a teacher-forcing parallel pass
+on the same clip (ground-truth recycled frames, the same discriminator), and against the
+literal design that differentiates the rollout through the cache under ``lax.scan``; at the
+tiny size (K = 32 frames, window 16) and at ``configs/aapt_8b.py`` (30 frames, remat).
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+from flax import nnx
+# Public in older JAX as jax.ad_checkpoint.saved_residuals; only the printing wrapper is now.
+from jax._src.ad_checkpoint import saved_residuals
 
+from aapt_jax import configs as aapt_configs
 from aapt_jax.bench.train import compiled_step, seconds_per_step
+from aapt_jax.model.discriminator import Discriminator, DiscriminatorConfig
+from aapt_jax.model.dit import WanDiT
+from aapt_jax.sample.streaming import init_state, rollout_frames
+from aapt_jax.train.adversarial import generator_loss, student_generator_loss
+from configs import tiny_world
+
+GIB = 2.0**30
+
+
+def saved_activation_bytes(loss, params, *inputs) -> int:
+    """Bytes the backward of ``loss(params, *inputs)`` in ``params`` keeps, besides the params
+    and inputs themselves (held anyway). The inputs enter as constants, as the
+    discriminator's params and the batch do in a generator update."""
+    found = []
+
+    def trace(*inputs):
+        found.extend(saved_residuals(lambda p: loss(p, *inputs), params))
+        return 0
+
+    jax.make_jaxpr(trace)(*inputs)
+    return sum(aval.size * aval.dtype.itemsize for aval, source in found
+               if not source.startswith(("from the argument", "from a constant")))
+
+
+def _abstract_players(cfg, dcfg):
+    g_graphdef, g_params = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
+    d_graphdef, d_params = nnx.split(nnx.eval_shape(lambda: Discriminator(cfg, dcfg, rngs=nnx.Rngs(1))))
+    return g_graphdef, nnx.to_pure_dict(g_params), d_graphdef, nnx.to_pure_dict(d_params)
+
+
+def generator_loss_variants(cfg, dcfg, frames: int, batch: int = 1):
+    """``{name: (loss(g_params, d_params, clip), abstract args)}`` for one generator update of
+    ``frames`` generated frames: ``student`` (the update), ``teacher`` (ground-truth recycled
+    frames, one parallel pass) and ``scan`` (the rollout differentiated through the cache)."""
+    g_graphdef, g_params, d_graphdef, d_params = _abstract_players(cfg, dcfg)
+    dtype = jnp.dtype(cfg.dtype)
+    lat = lambda n: jax.ShapeDtypeStruct((batch, n, cfg.latent_height, cfg.latent_width,  # noqa: E731
+                                          cfg.latent_channels), dtype)
+    clip = dict(real=lat(1 + frames), noise=lat(frames), rolled=lat(frames),
+                text=jax.ShapeDtypeStruct((batch, cfg.text_len, cfg.text_dim), dtype),
+                t=jax.ShapeDtypeStruct((batch,), jnp.float32),
+                real_logits=jax.ShapeDtypeStruct((batch, frames), jnp.float32),
+                controls=(jax.ShapeDtypeStruct((batch, frames, cfg.latent_height, cfg.latent_width,
+                                                cfg.control_channels), dtype) if cfg.control_channels else None))
+
+    def judged(d_params, clip, frames_):
+        disc = nnx.merge(d_graphdef, d_params)
+        video = jnp.concatenate([clip["real"][:, :1], frames_], axis=1)
+        return generator_loss(disc(video, clip["t"], clip["text"], clip["controls"]), clip["real_logits"])
+
+    def student(gp, dp, clip):
+        disc = nnx.merge(d_graphdef, dp)
+        first = clip["real"][:, :1]
+        loss, _ = student_generator_loss(g_graphdef, disc, None, first, first, clip["noise"], clip["rolled"],
+                                         clip["controls"], clip["controls"], clip["text"], clip["t"],
+                                         clip["real_logits"], gp)
+        return loss
+
+    def teacher(gp, dp, clip):
+        gen, real = nnx.merge(g_graphdef, gp), clip["real"]
+        v = gen(clip["noise"], jnp.full(clip["t"].shape, 1000.0), clip["text"], recycled=real[:, :-1],
+                control=clip["controls"])
+        return judged(dp, clip, clip["noise"] - v)
+
+    def scan(gp, dp, clip):
+        gen = nnx.merge(g_graphdef, gp)
+        state = init_state(gen, clip["real"][:, :1], clip["text"])
+        _, frames_ = rollout_frames(gen, state, clip["noise"], clip["controls"], detach_recycled=True)
+        return judged(dp, clip, frames_)
+
+    args = (g_params, d_params, clip)
+    return {"student": (student, args), "teacher": (teacher, args), "scan": (scan, args)}
+
+
+def student_forcing_memory(quick: bool = False) -> list:
+    out = []
+    # tiny: the tiny world's generator with K = 32 generated frames and a window of 16
+    config = tiny_world.get_config("adversarial")
+    frames, window = (8, 4) if quick else (32, 16)
+    cfg = aapt_configs.model_config(config).replace(window=window, remat=True)  # as the paper trains
+    dcfg = DiscriminatorConfig(layers=tuple(config.train.disc_layers), head_dim=config.train.disc_head_dim)
+    saved = {name: saved_activation_bytes(f, *args)
+             for name, (f, args) in generator_loss_variants(cfg, dcfg, frames).items()}
+    common = dict(config="tiny_world", frames=frames, window=window, batch=1, remat=True, source="saved_residuals")
+    out.append(dict(name="student_forcing_saved_bytes_vs_parallel", value=saved["student"] / saved["teacher"],
+                    unit="ratio", student_bytes=saved["student"], teacher_parallel_bytes=saved["teacher"], **common))
+    out.append(dict(name="scan_through_cache_saved_bytes_vs_parallel", value=saved["scan"] / saved["teacher"],
+                    unit="ratio", scan_bytes=saved["scan"], teacher_parallel_bytes=saved["teacher"], **common))
+    if quick:
+        return out
+    # the paper's scale: aapt-8B, 30 generated frames at 736x416, remat per block, bf16
+    cfg = aapt_configs.model_config(aapt_configs.get("aapt-8B")).replace(remat=True)
+    dcfg = DiscriminatorConfig(layers=(11, 23, 35), head_dim=256)
+    variants = generator_loss_variants(cfg, dcfg, 30)
+    for name, metric in (("student", "aapt8b_student_forcing_saved_gib_per_sample"),
+                         ("scan", "aapt8b_scan_through_cache_saved_gib_per_sample")):
+        f, args = variants[name]
+        out.append(dict(name=metric, value=saved_activation_bytes(f, *args) / GIB, unit="GiB",
+                        config="aapt-8B", frames=30, window=cfg.window, remat=True, dtype=cfg.dtype,
+                        discriminator_layers=list(dcfg.layers), source="saved_residuals, abstract shapes"))
+    return out
 
 
 def _peak_bytes(step, state, frozen, batch) -> int | None:
@@ -40,6 +154,7 @@ def update_time(name: str, measure_steps: int, warmup_steps: int = 1, model_fiel
 
 
 def run(quick: bool = False):
+    yield from student_forcing_memory(quick)
     n = 1 if quick else 5
     yield from update_time("student_forcing_step_s", n)
     yield from update_time("teacher_forcing_step_s", n, forcing="teacher")

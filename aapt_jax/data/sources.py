@@ -254,7 +254,7 @@ def make_source(data_cfg) -> _ClipSource | LatentSource:
 
 def make_loader(source, batch_size: int, seed: int, shuffle: bool = True,
                 num_epochs: int | None = None, worker_count: int = 0, *,
-                shard_index: int = 0, shard_count: int = 1, read_threads: int = 2):
+                shard_index: int = 0, shard_count: int = 1, read_threads: int = 2, keep=None):
     """A checkpointable iterator of batches of ``source``.
 
     Args:
@@ -269,6 +269,8 @@ def make_loader(source, batch_size: int, seed: int, shuffle: bool = True,
       shard_index, shard_count: this host's share of the source (items
         ``shard_index::shard_count``), e.g. ``jax.process_index(), jax.process_count()``.
       read_threads: threads that read items ahead in each process.
+      keep: optional predicate on one item; items it rejects are skipped (e.g.
+        :class:`aapt_jax.data.control_outliers.CameraOutlierFilter`).
 
     Returns:
       A grain ``DatasetIterator`` yielding dicts of stacked numpy arrays; ``get_state()``
@@ -299,7 +301,10 @@ def make_loader(source, batch_size: int, seed: int, shuffle: bool = True,
     ds = ds.repeat(num_epochs)
     # Only a few items ahead: a clip is large and the producer should not race the trainer.
     read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size, 1))
-    it = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True)
+    it = ds.to_iter_dataset(read)
+    if keep is not None:
+        it = it.filter(keep)
+    it = it.batch(batch_size, drop_remainder=True)
     if worker_count > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
         # Batches from workers live in shared memory that is freed when they are collected;

@@ -319,6 +319,9 @@ class WanDiT(nnx.Module):
         q_frames = jnp.repeat(new_frames, S)
         k_frames = jnp.concatenate([jnp.repeat(kvc.slot_frames(position, R), S), q_frames])
         layout = "decode" if F == 1 else None
+        # No kernel covers several new frames against a cache (long-video training segments):
+        # those calls take the dense path rather than failing under attention_impl='pallas'.
+        impl = "auto" if layout is None and cfg.attention_impl == "pallas" else cfg.attention_impl
         temb, mod = self.embed_time(t)
         ks, vs = cache.k, cache.v
         collected = []
@@ -330,7 +333,7 @@ class WanDiT(nnx.Module):
                 keys = jnp.concatenate([past_k.astype(k.dtype), k], axis=1)
                 vals = jnp.concatenate([past_v.astype(v.dtype), v], axis=1)
                 return attention(q, keys, vals, q_frames, k_frames, window=cfg.window,
-                                 impl=cfg.attention_impl, tokens_per_frame=S, layout=layout)
+                                 impl=impl, tokens_per_frame=S, layout=layout)
 
             x, (k_new, v_new) = self._run_block(blk, x, mod, cache.text_k[i], cache.text_v[i], angles, attend)
             if i in layers:

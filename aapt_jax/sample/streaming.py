@@ -133,6 +133,40 @@ def rollout_frames(model: WanDiT, state: StreamState, noise, controls=None, *, d
     return state, jnp.moveaxis(frames, 0, 1)
 
 
+def replay_frames(model: WanDiT, state: StreamState | None, first_frame, noise, frames, controls=None, text=None):
+    """The frames of a rollout with a detached recycled input, recomputed in ONE parallel pass.
+
+    Because each step's recycled input is detached, a rollout's frames and their gradient
+    through the KV cache equal those of one block-causal forward over the same noise with
+    the rollout's own frames (detached) as the recycled inputs: frame ``p + 1`` attends to
+    the keys/values that the cache would hold for frames ``<= p``, computed here from the
+    same inputs. So student forcing can roll out without gradient (no residuals) and
+    differentiate this pass, whose saved activations are those of one teacher-forcing step
+    (``O(K)``) instead of a scan's ``O(K x window)`` cache copies.
+
+    Args:
+      state: None to start from ``first_frame`` (a fresh stream; ``text`` required), or the
+        state the rollout started from (a continued stream: its cache is a fixed prefix that
+        the new frames attend to; its ``prev_frame`` is the first recycled input).
+      first_frame: ``[B, 1, h, w, C]``, used when ``state`` is None.
+      noise: ``[B, K, h, w, C]``, the rollout's noise.
+      frames: ``[B, K, h, w, C]``, the rollout's frames (only ``frames[:, :-1]`` is read, as
+        the recycled inputs; treated as constants).
+      controls: ``[B, K, h, w, Cc]`` or None.
+    Returns:
+      frames ``[B, K, h, w, C]``, differentiable w.r.t. the model's params.
+    """
+    B = noise.shape[0]
+    t = jnp.full((B,), 1000.0, jnp.float32)
+    start = first_frame if state is None else state.prev_frame
+    recycled = jax.lax.stop_gradient(jnp.concatenate([start, frames[:, :-1]], axis=1).astype(noise.dtype))
+    if state is None:
+        v = model(noise, t, text, recycled=recycled, control=controls)
+    else:
+        _, v = model.cached_forward(state.cache, state.position, noise, t, recycled=recycled, control=controls)
+    return (noise.astype(jnp.float32) - v.astype(jnp.float32)).astype(noise.dtype)
+
+
 def rollout_noise(key, state: StreamState, num_frames: int):
     """The noise :meth:`StreamingSampler.rollout` draws: ``[B, K, h, w, C]``."""
     B, _, h, w, C = state.prev_frame.shape

@@ -16,12 +16,17 @@ differs only in the video.
 Generation modes (``AdversarialConfig.forcing``):
 
 * ``student``: the generator gets only the ground-truth first frame and rolls out with the
-  KV cache exactly as the streaming sampler does (:func:`rollout_frames` under
-  ``lax.scan``), the recycled frame detached, gradients flowing through the cache.
+  KV cache exactly as the streaming sampler does (:func:`rollout_frames`), the recycled
+  frame detached, gradients flowing through the cache. The rollout itself runs without
+  gradient; the gradient comes from :func:`replay_frames`, one parallel block-causal pass
+  fed the rollout's own (detached) frames, which equals the gradient through the cache
+  (the recycled input being detached) while saving ``O(K)`` activations instead of a
+  scan's ``K`` copies of the cache window. The discriminator sees the streamed frames.
   With ``extensions = E > 0`` it then generates ``E`` more segments, each continuing from
-  the previous segment's detached state; a segment is judged together with the last
-  ``overlap`` frames before it, against a different real clip, and its generator gradient
-  is taken before the next segment runs (gradient accumulation: memory stays that of one
+  the previous segment's detached state (its cache a fixed prefix of the replay); a
+  segment is judged together with the last ``overlap`` frames before it, against a
+  different real clip (with that clip's caption), and its generator gradient is taken
+  before the next segment runs (gradient accumulation: memory stays that of one
   segment). The extended segments follow the controls of other clips (new camera paths).
 * ``teacher`` (App. D ablation): the generator predicts every frame in parallel from the
   ground-truth previous frames; the discriminator judges each generated frame against the
@@ -34,13 +39,14 @@ and controls.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from aapt_jax.model.discriminator import Discriminator
-from aapt_jax.sample.streaming import init_state, rollout_frames
+from aapt_jax.sample.streaming import init_state, replay_frames, rollout_frames
 
 FORCING = ("student", "teacher")
 
@@ -94,7 +100,7 @@ def discriminator_loss(fake_logits, real_logits):
     return jnp.mean(jax.nn.softplus(fake_logits - real_logits))
 
 
-def _perturb(video, key, sigma):
+def perturb_judged(video, key, sigma):
     """Gaussian perturbation of the judged frames ``1..K`` (frame 0 is the shared condition)."""
     noise = sigma * jax.random.normal(key, video[:, 1:].shape, video.dtype)
     return jnp.concatenate([video[:, :1], video[:, 1:] + noise], axis=1)
@@ -123,6 +129,26 @@ def teacher_forced_logits(disc: Discriminator, real, fake, t, text, controls):
     return jnp.moveaxis(lf, 0, 1), jnp.moveaxis(lr, 0, 1)
 
 
+def student_generator_loss(g_graphdef, disc: Discriminator, state, first, context, noise, rolled, controls,
+                           judged_controls, text, t, real_logits, g_params):
+    """The generator loss of one student-forcing segment whose rollout already ran.
+
+    ``rolled`` ``[B, K, h, w, C]``: the segment's frames as :func:`rollout_frames` streamed
+    them from ``state`` (None: from ``first``) with ``noise`` and ``controls``; ``context``
+    ``[B, c, h, w, C]``: the frames judged before them (the first frame, or the overlap);
+    ``judged_controls``: controls of ``context[:, 1:]`` and ``rolled``. Differentiating this
+    in ``g_params`` gives the gradient through the KV cache from :func:`replay_frames` (one
+    parallel pass). Returns (loss, (fake logits ``[B, c - 1 + K]``, max |replay - rolled|)).
+    """
+    sg = jax.lax.stop_gradient
+    replayed = replay_frames(nnx.merge(g_graphdef, g_params), state, first, noise, rolled, controls, text)
+    # The discriminator sees the streamed frames themselves; the replay (equal up to float
+    # rounding) carries their gradient.
+    frames = rolled + (replayed - sg(replayed))
+    lf = disc(jnp.concatenate([context, frames], axis=1), t, text, judged_controls)
+    return generator_loss(lf, real_logits), (lf, jnp.max(jnp.abs(replayed - rolled)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Segments:
     """The per-segment data of one update (leading axis: segment)."""
@@ -149,17 +175,40 @@ def _cat(a, b):
     return None if a is None else jnp.concatenate([a, b], axis=1)
 
 
+@struct.dataclass
+class Judged:
+    """What the discriminator update judged (leading axis ``S*B``, segment-major) and how
+    the generated segments were drawn."""
+    fake: jax.Array            # [S*B, 1 + K, h, w, C]: context frames + generated ones
+    fake_controls: object      # [S*B, K, h, w, Cc] or None
+    fake_text: jax.Array       # [S*B, Lt, D]
+    real: jax.Array            # [S*B, 1 + K, h, w, C]
+    real_controls: object
+    real_text: jax.Array
+    noise_keys: jax.Array      # [S] keys (student forcing): segment j's noise is the
+                               # StreamingSampler.rollout draw of noise_keys[j]
+
+
 def adversarial_grads(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, latents, text, controls, key):
+    """(gradients like params, metrics) of one update; see :func:`adversarial_update`."""
+    grads, metrics, _ = adversarial_update(acfg, g_graphdef, d_graphdef, params, latents, text, controls, key)
+    return grads, metrics
+
+
+def adversarial_update(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, latents, text, controls, key):
     """Gradients of one adversarial update.
 
     params: ``{'generator': ..., 'discriminator': ...}`` pure dicts; latents
     ``[S*B, 1+Kd, h, w, C]`` normalized; text ``[S*B, Lt, D]``; controls
-    ``[S*B, Kd, h, w, Cc]`` or None. Returns (grads like params, metrics).
+    ``[S*B, Kd, h, w, Cc]`` or None. Clip group ``j`` (rows ``j*B .. j*B+B-1``) gives
+    segment ``j``'s real video, its caption and its controls. The generated video follows
+    group 0's caption throughout. Returns (grads like params, metrics, :class:`Judged`).
     """
     first, seg = split_segments(acfg, latents, controls)
     S, K, O = acfg.segments, acfg.segment_frames, acfg.overlap
     B = first.shape[0]
-    text = text[:B]
+    real_text = text.reshape(S, B, *text.shape[1:])        # each real segment keeps its own caption
+    text = real_text[0]                                    # the generated video's caption
     k_t, k_noise, k_r1, k_r2 = jax.random.split(key, 4)
     t = jax.random.uniform(k_t, (B,))
     d_params = params["discriminator"]
@@ -168,11 +217,13 @@ def adversarial_grads(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, l
 
     def real_logits_of(j):
         ctrl = None if seg.controls is None else seg.controls[j]
-        return sg(disc(seg.real[j], t, text, ctrl))
+        return sg(disc(seg.real[j], t, real_text[j], ctrl))
 
     # ---- generator: segment by segment, gradients accumulated ------------------------------
     fakes, fake_controls, g_losses, real_logits, fake_logits = [], [], [], [], []
     g_grads = None
+    replay_err = jnp.zeros((), jnp.float32)
+    noise_keys = jnp.stack([jax.random.fold_in(k_noise, j) for j in range(S)])
     if acfg.forcing == "teacher":
         real = seg.real[0]
         ctrl = None if seg.controls is None else seg.controls[0]
@@ -195,24 +246,24 @@ def adversarial_grads(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, l
         state, context, context_ctrl = None, first, None
         for j in range(S):
             new = K if j == 0 else K - O
-            noise = jax.random.normal(jax.random.fold_in(k_noise, j), (B, new, *first.shape[2:]), first.dtype)
+            noise = jax.random.normal(noise_keys[j], (B, new, *first.shape[2:]), first.dtype)
             # segment 0 follows its clip's path; later ones the tail of another clip's path
             ctrl_new = None if seg.controls is None else seg.controls[j][:, K - new:]
             seg_ctrl = ctrl_new if j == 0 else _cat(context_ctrl, ctrl_new)
             lr = real_logits_of(j)
+            # The rollout exactly as the streaming sampler runs it, without gradient ...
+            gen = nnx.merge(g_graphdef, sg(params["generator"]))
+            start = init_state(gen, first, text) if state is None else state
+            next_state, rolled = rollout_frames(gen, start, noise, ctrl_new, detach_recycled=True)
 
-            def g_loss(gp, state=state, context=context, noise=noise, ctrl_new=ctrl_new, seg_ctrl=seg_ctrl, lr=lr):
-                gen = nnx.merge(g_graphdef, gp)
-                st = init_state(gen, first, text) if state is None else state
-                st, frames = rollout_frames(gen, st, noise, ctrl_new, detach_recycled=True)
-                video = jnp.concatenate([context, frames], axis=1)
-                lf = disc(video, t, text, seg_ctrl)
-                return generator_loss(lf, lr), (st, video, lf)
-
-            (loss, (state, video, lf)), grads = jax.value_and_grad(g_loss, has_aux=True)(params["generator"])
+            # ... and its gradient through the cache from one parallel pass over its frames.
+            g_loss = functools.partial(student_generator_loss, g_graphdef, disc, state, first, context, noise,
+                                       rolled, ctrl_new, seg_ctrl, text, t, lr)
+            (loss, (lf, err)), grads = jax.value_and_grad(g_loss, has_aux=True)(params["generator"])
             # the next segment continues from this one's cache, detached (paper 2.2)
-            state, video = sg(state), sg(video)
+            state, video = sg(next_state), jnp.concatenate([context, rolled], axis=1)
             g_grads = grads if g_grads is None else jax.tree.map(jnp.add, g_grads, grads)
+            replay_err = jnp.maximum(replay_err, err.astype(jnp.float32))
             fakes.append(video)
             fake_controls.append(seg_ctrl)
             g_losses.append(loss)
@@ -227,21 +278,23 @@ def adversarial_grads(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, l
     real_videos = seg.real.reshape(-1, *seg.real.shape[2:])
     real_ctrl = None if seg.controls is None else seg.controls.reshape(-1, *seg.controls.shape[2:])
     fake_ctrl = None if seg.controls is None else jnp.concatenate(fake_controls, axis=0)
-    tt, text_all = jnp.tile(t, S), jnp.tile(text, (S, 1, 1))
+    tt = jnp.tile(t, S)
+    real_text, fake_text = real_text.reshape(-1, *text.shape[1:]), jnp.tile(text, (S, 1, 1))
 
     def d_loss(dp):
         d = nnx.merge(d_graphdef, dp)
-        real_p = _perturb(real_videos, k_r1, acfg.r_sigma)
-        fake_p = _perturb(fake_videos, k_r2, acfg.r_sigma)
+        real_p = perturb_judged(real_videos, k_r1, acfg.r_sigma)
+        fake_p = perturb_judged(fake_videos, k_r2, acfg.r_sigma)
         if acfg.forcing == "teacher":
             ref = seg.real[0]
-            lf, lr = teacher_forced_logits(d, ref, fake_videos[:, 1:], tt, text_all, real_ctrl)
-            lf_p, _ = teacher_forced_logits(d, ref, fake_p[:, 1:], tt, text_all, real_ctrl)
-            lr_p = d(real_p, tt, text_all, real_ctrl)
+            lf, lr = teacher_forced_logits(d, ref, fake_videos[:, 1:], tt, text, real_ctrl)
+            lf_p, _ = teacher_forced_logits(d, ref, fake_p[:, 1:], tt, text, real_ctrl)
+            lr_p = d(real_p, tt, text, real_ctrl)
         else:
             both = jnp.concatenate([real_videos, fake_videos, real_p, fake_p], axis=0)
             ctrl = None if real_ctrl is None else jnp.concatenate([real_ctrl, fake_ctrl] * 2, axis=0)
-            logits = d(both, jnp.tile(tt, 4), jnp.tile(text_all, (4, 1, 1)), ctrl)
+            texts = jnp.concatenate([real_text, fake_text] * 2, axis=0)
+            logits = d(both, jnp.tile(tt, 4), texts, ctrl)
             lr, lf, lr_p, lf_p = jnp.split(logits, 4, axis=0)
         adv = discriminator_loss(lf, lr)
         r1 = acfg.r_lambda * jnp.mean(jnp.square(lr - lr_p))
@@ -256,7 +309,10 @@ def adversarial_grads(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, l
         "logit_gap": jnp.mean(jnp.concatenate(real_logits, 1) - jnp.concatenate(fake_logits, 1)),
         "g_grad_norm": _norm(g_grads), "d_grad_norm": _norm(d_grads),
     }
-    return {"generator": g_grads, "discriminator": d_grads}, metrics
+    if acfg.forcing == "student":
+        metrics["replay_max_abs_err"] = replay_err
+    judged = Judged(fake_videos, fake_ctrl, fake_text, real_videos, real_ctrl, real_text, noise_keys)
+    return {"generator": g_grads, "discriminator": d_grads}, metrics, judged
 
 
 def _norm(tree):

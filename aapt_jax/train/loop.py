@@ -25,6 +25,8 @@ import optax
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
+from aapt_jax import configs as aapt_configs
+from aapt_jax.data.control_outliers import control_outlier_filter
 from aapt_jax.data.sources import make_loader, make_source
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.files import WorkdirLock, atomic_write_json
@@ -131,7 +133,9 @@ def _train_locked(config: ConfigDict, workdir: str) -> dict:
     tx, schedule = stage.optimizer or make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay,
                                                      grad_clip=tc.grad_clip, warmup_steps=tc.warmup_steps)
     manager = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
-    loader = make_loader(source, tc.batch_size * stage.clips_per_example, seed=config.data.seed)
+    hw = (config.video.height, config.video.width)
+    loader = make_loader(source, tc.batch_size * stage.clips_per_example, seed=config.data.seed,
+                         keep=control_outlier_filter(aapt_configs.control_config(config), hw))
     state = _initial_state(stage.params, tx, tc.seed)
     fingerprint = _config_fingerprint(config)
     if manager.latest_step() is not None:

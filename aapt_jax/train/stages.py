@@ -45,8 +45,9 @@ from aapt_jax.train.optim import make_adversarial_optimizer, make_optimizer
 
 STAGES = ("vae", "base", "adapt", "distill", "adversarial")
 # A generator's export may start a later stage; an adversarial run may continue another
-# (e.g. long-video training after student forcing).
-NEEDS_INIT = {"adapt": ("base",), "distill": ("adapt",), "adversarial": ("distill", "adversarial")}
+# (e.g. long-video training after student forcing), and an adapt run another (a later
+# phase of the paper's adaptation curriculum, on longer clips).
+NEEDS_INIT = {"adapt": ("base", "adapt"), "distill": ("adapt",), "adversarial": ("distill", "adversarial")}
 DISC_INIT = ("adapt",)
 # Fields that must agree between the generator and a discriminator checkpoint.
 ARCHITECTURE = ("num_layers", "num_heads", "head_dim", "ffn_dim", "latent_channels", "patch_size", "text_dim",
