@@ -10,7 +10,8 @@ the new frame is ``noise - v``. Self-attention of frame ``p`` sees the keys/valu
 as in ``aapt_jax.model.window``: a cache of those frames' keys/values per block, so each
 step costs the same however long the stream runs. Keys are cached after RoPE at their
 absolute temporal position ``p * rope_temporal_interval``. Diffusers' blocks run as they
-are; only the self-attention processor is replaced (:class:`CachedSelfAttention`).
+are; only their attention processors are replaced (:class:`CachedSelfAttention`, and
+:class:`CachedCrossAttention`, which projects the text keys/values once per stream).
 
 Layouts are diffusers': latents ``[B, C, 1, h, w]``, control maps ``[B, Cc, 1, h, w]``.
 """
@@ -86,6 +87,27 @@ class CachedSelfAttention:
         return attn.to_out[1](attn.to_out[0](o))
 
 
+class CachedCrossAttention:
+    """Cross-attention processor of one block: the text keys/values are projected at the
+    first step after ``reset`` and reused (the text is fixed for the whole stream)."""
+
+    def __init__(self):
+        self.kv = None
+
+    def reset(self):
+        self.kv = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        heads = lambda y: y.unflatten(2, (attn.heads, -1))  # noqa: E731
+        if self.kv is None:
+            self.kv = (heads(attn.norm_k(attn.to_k(encoder_hidden_states))), heads(attn.to_v(encoder_hidden_states)))
+        q = heads(attn.norm_q(attn.to_q(hidden_states)))
+        k, v = self.kv
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2).type_as(q),
+                                           v.transpose(1, 2).type_as(q))
+        return attn.to_out[1](attn.to_out[0](o.transpose(1, 2).flatten(2).type_as(q)))
+
+
 class StreamingGenerator:
     """``init`` once, then ``step`` per latent frame (module docstring)."""
 
@@ -98,8 +120,10 @@ class StreamingGenerator:
         self.aapt = aapt
         self.channels = aapt["input_channels"]
         self.processors = [CachedSelfAttention(aapt["window"]) for _ in self.model.blocks]
-        for block, proc in zip(self.model.blocks, self.processors):
+        self.text_processors = [CachedCrossAttention() for _ in self.model.blocks]
+        for block, proc, text_proc in zip(self.model.blocks, self.processors, self.text_processors):
             block.attn1.set_processor(proc)
+            block.attn2.set_processor(text_proc)
         self._ready = False
 
     @classmethod
@@ -132,7 +156,7 @@ class StreamingGenerator:
         dim = self.aapt["text"]["dim"]
         if text.ndim != 3 or text.shape[0] != first_frame.shape[0] or text.shape[2] != dim:
             raise ValueError(f"text: expected [{first_frame.shape[0]}, Lt, {dim}], got {list(text.shape)}")
-        for proc in self.processors:
+        for proc in self.processors + self.text_processors:
             proc.reset()
         B = first_frame.shape[0]
         t = torch.full((B,), float(self.aapt["timestep"]), device=first_frame.device)

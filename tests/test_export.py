@@ -119,7 +119,8 @@ manager = ckpt.Checkpointer(sys.argv[1], async_save=False)
 manager.save(3, {"step": np.int32(3), "params": sharded}, {"config": {}, "data_state": "", "stage": "adapt",
              "info": {"stage": "adapt", "model": cfg.to_dict()}})
 manager.close()
-flat = {"/".join(str(k.key) for k in path): np.asarray(v) for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+flat = {"/".join(str(k.key) for k in path): np.asarray(v) for path, v in leaves}
 np.savez(sys.argv[1] + ".npz", **flat)
 """
 
@@ -268,6 +269,7 @@ def test_export_suite_quick():
     assert list(records) == ["torch_vs_jax_stream_max_rel_err", "torch_vs_jax_decoded_max_abs_err",
                              "convert_peak_rss_gib"]
     assert records["torch_vs_jax_stream_max_rel_err"]["value"] <= 1e-5
-    assert records["torch_vs_jax_stream_max_rel_err"]["frames"] == 3 * records["torch_vs_jax_stream_max_rel_err"]["window"]
+    stream = records["torch_vs_jax_stream_max_rel_err"]
+    assert stream["frames"] == 3 * stream["window"]
     assert records["torch_vs_jax_decoded_max_abs_err"]["value"] <= 1e-4
     assert 0 < records["convert_peak_rss_gib"]["value"] < 1.5

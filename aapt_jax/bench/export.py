@@ -76,8 +76,9 @@ def make_exports(root: str, cfg, control: dict, seed: int = 0) -> tuple:
                                                                                  **stats))
     graphdef, params = random_params(cfg, seed)
     workdir = os.path.join(root, "generator")
-    ckpt.save_export(workdir, nnx.to_pure_dict(params), dict(stage="distill", model=cfg.to_dict(), control=control,
-                                                             vae_preset="tiny", vae_checkpoint=os.path.join(root, "vae")))
+    info = dict(stage="distill", model=cfg.to_dict(), control=control, vae_preset="tiny",
+                vae_checkpoint=os.path.join(root, "vae"))
+    ckpt.save_export(workdir, nnx.to_pure_dict(params), info)
     return workdir, vcfg, vae_graphdef, vae_params, graphdef, params
 
 
