@@ -22,8 +22,6 @@ import numpy as np
 
 from aapt_jax.data.world import World, cast_rays
 
-ACTION_NAMES = ("forward", "strafe", "yaw", "pitch")
-
 
 @dataclasses.dataclass(frozen=True)
 class CameraState:

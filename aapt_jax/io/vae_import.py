@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from aapt_jax.io.safetensors_io import check_keys, load_config, load_state_dict
-from aapt_jax.model.vae import VAE, abstract_vae
+from aapt_jax.model.vae import abstract_vae
 from aapt_jax.model.vae_config import VAEConfig
 
 WHAT = "AutoencoderKLWan"
@@ -162,9 +162,3 @@ def save_vae(directory: str, config: VAEConfig, params: nnx.State) -> None:
 
     write("diffusion_pytorch_model.safetensors", lambda tmp: save_file(weights, tmp))
     write("config.json", write_json)
-
-
-def load_vae_model(source, config: VAEConfig | None = None) -> VAE:
-    """:func:`import_vae` merged into a module (handy outside jit)."""
-    _, graphdef, params = import_vae(source, config)
-    return nnx.merge(graphdef, params)

@@ -31,7 +31,6 @@ IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "auto")
 #   fn(q, k, v, q_frames, k_frames, *, window, tokens_per_frame, layout, strict) -> out | None
 # returning None (only when strict=False) for a call outside what the kernel supports, and
 # raising ValueError naming the constraint when strict=True.
-LAYOUTS = ("parallel", "decode", None)
 _KERNELS: dict[str, Callable] = {}
 
 

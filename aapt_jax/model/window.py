@@ -40,8 +40,3 @@ def frame_visible(query_frames, key_frames, window: int | None):
         return jnp.broadcast_to(valid, jnp.broadcast_shapes(q.shape, k.shape))
     in_window = (k <= q) & (k >= q - window)
     return valid & ((k == 0) | in_window)
-
-
-def visible_frame_count(frame: int, window: int) -> int:
-    """How many frames (sink, window and itself) frame ``frame`` sees; for cost models."""
-    return len({0} | set(range(max(0, frame - window), frame + 1)))
