@@ -26,7 +26,7 @@ from aapt_jax.io.generator_source import load_generator
 from aapt_jax.io.vae_source import load_vae
 from aapt_jax.io.video import write_mp4
 from aapt_jax.model import vae as vae_lib
-from aapt_jax.model.dit import WanDiT
+from aapt_jax.model.dit import abstract_model
 from aapt_jax.sample.flow_sampler import sample_autoregressive
 from aapt_jax.sample.streaming import init_state, rollout_frames
 from aapt_jax.train.stages import make_encoder
@@ -43,7 +43,7 @@ def main(argv):
     config = _CONFIG.value
     configs.check_common(config)
     cfg = configs.model_config(config)
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
+    graphdef, _ = abstract_model(cfg)
     p1, _ = load_generator(_ADAPT.value, cfg, stages=("adapt",), field="--adapt")
     p2, _ = load_generator(_DISTILL.value, cfg, stages=("distill",), field="--distill")
     vcfg, vae_graphdef, vae_params = load_vae(config.vae.preset, config.vae.checkpoint)

@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
-from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -30,7 +29,7 @@ from aapt_jax.io.vae_source import load_vae
 from aapt_jax.io.video import write_mp4
 from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.controls import control_maps
-from aapt_jax.model.dit import WanDiT, create
+from aapt_jax.model.dit import abstract_model, create
 from aapt_jax.sample.camera_path import walk_path
 from aapt_jax.sample.streaming import StreamingSampler
 
@@ -67,7 +66,7 @@ def main(argv):
     first = _read_first_frame(_FIRST.value, shape) if _FIRST.value else None  # before anything loads
     if _CHECKPOINT.value:
         params, stage = load_generator(_CHECKPOINT.value, cfg, seed=seed, field="--checkpoint")
-        graphdef, _ = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
+        graphdef, _ = abstract_model(cfg)
         logging.info("generator from %s (%s)", _CHECKPOINT.value, stage)
     else:
         graphdef, params = create(cfg, seed)

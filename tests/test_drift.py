@@ -9,7 +9,7 @@ from flax import nnx
 from aapt_jax.eval import drift
 from aapt_jax.io.wan_transformer import abstract_params
 from aapt_jax.model.config import DiTConfig
-from aapt_jax.model.dit import WanDiT
+from aapt_jax.model.dit import abstract_model
 from aapt_jax.sample.flow_sampler import sample_autoregressive, sample_long, window_frame_indices
 
 
@@ -109,7 +109,7 @@ def model():
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype),
                           nnx.to_pure_dict(abstract_params(cfg)))
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
+    graphdef, _ = abstract_model(cfg)
     return graphdef, params
 
 

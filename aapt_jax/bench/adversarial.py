@@ -27,7 +27,7 @@ from jax._src.ad_checkpoint import saved_residuals
 from aapt_jax import configs as aapt_configs
 from aapt_jax.bench.train import compiled_step, seconds_per_step
 from aapt_jax.model.discriminator import Discriminator, DiscriminatorConfig
-from aapt_jax.model.dit import WanDiT
+from aapt_jax.model.dit import abstract_model
 from aapt_jax.sample.streaming import init_state, rollout_frames
 from aapt_jax.train.adversarial import generator_loss, student_generator_loss
 from configs import tiny_world
@@ -51,7 +51,7 @@ def saved_activation_bytes(loss, params, *inputs) -> int:
 
 
 def _abstract_players(cfg, dcfg):
-    g_graphdef, g_params = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
+    g_graphdef, g_params = abstract_model(cfg)
     d_graphdef, d_params = nnx.split(nnx.eval_shape(lambda: Discriminator(cfg, dcfg, rngs=nnx.Rngs(1))))
     return g_graphdef, nnx.to_pure_dict(g_params), d_graphdef, nnx.to_pure_dict(d_params)
 

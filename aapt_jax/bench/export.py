@@ -36,7 +36,7 @@ from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.convert import convert
 from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.controls import control_maps
-from aapt_jax.model.dit import WanDiT
+from aapt_jax.model.dit import abstract_model
 from aapt_jax.model.vae_config import get_vae_config
 from aapt_jax.sample.camera_path import walk_path
 from aapt_jax.sample.streaming import StreamingSampler, rollout_noise
@@ -47,7 +47,7 @@ def random_params(cfg, seed: int = 0):
     one threefry sampler per parameter shape costs seconds): kernels fan-in scaled, biases,
     norm gains and modulation tables perturbed away from their defaults, so that a
     mis-mapped tensor shows."""
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(seed))))
+    graphdef, abstract = abstract_model(cfg, seed)
     rng = np.random.default_rng(seed)
     flat = []
     for path, var in nnx.to_flat_state(abstract):

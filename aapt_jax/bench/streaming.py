@@ -23,7 +23,7 @@ from aapt_jax import configs
 from aapt_jax.io.wan_transformer import abstract_params
 from aapt_jax.model import kv_cache as kvc
 from aapt_jax.model.config import DiTConfig
-from aapt_jax.model.dit import WanDiT, create
+from aapt_jax.model.dit import abstract_model, create
 from aapt_jax.sample.streaming import StreamingSampler
 
 H100_BF16_DENSE_FLOPS = 989e12
@@ -92,7 +92,7 @@ def recompute_time(cfg: DiTConfig, graphdef, params, text, controls, position: i
 def step_flops(cfg: DiTConfig, frames_per_step: int, batch: int = 1) -> float:
     """XLA-counted flops of one cached forward of ``frames_per_step`` frames, full cache,
     lowered on abstract shapes (nothing allocated)."""
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
+    graphdef, params = abstract_model(cfg)
     dt = jnp.dtype(cfg.dtype)
     S, R = cfg.tokens_per_frame, cfg.window
     sds = jax.ShapeDtypeStruct

@@ -38,7 +38,7 @@ from aapt_jax.io.video import unit_to_frames
 from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.config import DiTConfig
 from aapt_jax.model.controls import control_maps
-from aapt_jax.model.dit import WanDiT
+from aapt_jax.model.dit import abstract_model
 from aapt_jax.sample.flow_sampler import sample_long
 from aapt_jax.sample.streaming import check_control, check_inputs, init_state, rollout_frames, rollout_noise
 
@@ -135,7 +135,7 @@ def load_generator_export(workdir: str, config: ConfigDict, field: str = "workdi
     """Load a generator export (see :func:`check_generator_export` for the config it runs with)."""
     info, cfg = check_generator_export(workdir, config, field)
     params, stage = load_generator(workdir, cfg, stages=tuple(STAGE_SAMPLERS), field=field)
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
+    graphdef, _ = abstract_model(cfg)
     return Generator(workdir, stage, sampler_of_stage(stage, field), cfg, graphdef, params)
 
 

@@ -23,7 +23,7 @@ from flax import nnx
 
 from aapt_jax.io.safetensors_io import check_keys, load_config, load_state_dict
 from aapt_jax.model.config import DiTConfig
-from aapt_jax.model.dit import WanDiT
+from aapt_jax.model.dit import abstract_model
 
 # Hooks: how a tensor is stored in diffusers relative to ours.
 LINEAR = "linear"        # torch [out, in]  <-> ours [in, out]
@@ -156,7 +156,7 @@ def _unflat(flat: Mapping[str, Any]) -> dict:
 
 def abstract_params(cfg: DiTConfig) -> nnx.State:
     """Parameter shapes of ``cfg`` without allocating anything."""
-    return nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))[1]
+    return abstract_model(cfg)[1]
 
 
 def load_wan_transformer(source, cfg: DiTConfig | None = None, *, new_channels: str = "random",
@@ -181,7 +181,7 @@ def load_wan_transformer(source, cfg: DiTConfig | None = None, *, new_channels: 
         if hf is None:
             raise ValueError("cfg: required when loading a state dict or file without config.json")
         cfg = config_from_diffusers(hf, **converted_model_fields(source))
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(seed))))
+    graphdef, abstract = abstract_model(cfg, seed)
     ours_shapes = {p: tuple(v.shape) for p, v in _flat(nnx.to_pure_dict(abstract)).items()}
     rows = key_map(cfg)
 

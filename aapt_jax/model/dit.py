@@ -367,6 +367,11 @@ class WanDiT(nnx.Module):
         return cache, collected
 
 
+def abstract_model(cfg: DiTConfig, seed: int = 0):
+    """``(graphdef, params)`` with every param a ``jax.ShapeDtypeStruct``: nothing allocated."""
+    return nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(seed))))
+
+
 def create(cfg: DiTConfig, seed: int = 0):
     """Random-initialised model, split for functional use: ``(graphdef, params)``."""
     return nnx.split(WanDiT(cfg, rngs=nnx.Rngs(seed)))

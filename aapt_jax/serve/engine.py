@@ -30,7 +30,7 @@ from aapt_jax.io.generator_source import load_generator
 from aapt_jax.io.vae_source import load_vae
 from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.controls import control_maps
-from aapt_jax.model.dit import WanDiT, create
+from aapt_jax.model.dit import abstract_model, create
 from aapt_jax.sample import streaming
 from aapt_jax.serve.camera_rig import CameraRig
 
@@ -70,7 +70,7 @@ class Engine:
         self.random_vae = not vae
         if checkpoint:
             params, stage = load_generator(checkpoint, self.cfg, seed=seed, field="--checkpoint")
-            graphdef, _ = nnx.split(nnx.eval_shape(lambda: WanDiT(self.cfg, rngs=nnx.Rngs(0))))
+            graphdef, _ = abstract_model(self.cfg)
             self.generator_source = f"{checkpoint} ({stage})"
         else:
             graphdef, params = create(self.cfg, seed)

@@ -36,7 +36,7 @@ from aapt_jax.io.generator_source import load_generator
 from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.controls import control_maps
 from aapt_jax.model.discriminator import Discriminator, DiscriminatorConfig
-from aapt_jax.model.dit import WanDiT, create
+from aapt_jax.model.dit import abstract_model, create
 from aapt_jax.model.vae_config import get_vae_config
 from aapt_jax.sample import flow_sampler
 from aapt_jax.sample.streaming import init_state, rollout_frames
@@ -204,7 +204,7 @@ def build(config: ConfigDict) -> Stage:
         graphdef, params = create(cfg, tc.seed)
         params = _pure(params)
     else:
-        graphdef, _ = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))))
+        graphdef, _ = abstract_model(cfg)
         params, _ = load_generator(config.train.init_from, cfg, stages=NEEDS_INIT[name], seed=tc.seed,
                                    field="train.init_from")
 
