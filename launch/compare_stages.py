@@ -24,7 +24,7 @@ from aapt_jax.data.sources import make_source
 from aapt_jax.eval.metrics import psnr
 from aapt_jax.io.generator_source import load_generator
 from aapt_jax.io.vae_source import load_vae
-from aapt_jax.io.video import write_mp4
+from aapt_jax.io.video import frames_to_unit, unit_to_frames, write_mp4
 from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.dit import abstract_model
 from aapt_jax.sample.flow_sampler import sample_autoregressive
@@ -71,7 +71,7 @@ def main(argv):
     real = np.asarray(decode(latents))[:, 1:]
     v1 = np.asarray(decode(jnp.concatenate([first, stage1(p1, key)], 1)))[:, 1:]
     v2 = np.asarray(decode(jnp.concatenate([first, stage2(p2, key)], 1)))[:, 1:]
-    recon_floor = psnr(real, (np.asarray(batch["video"][:, 1:], np.float32) / 127.5 - 1.0))
+    recon_floor = psnr(real, frames_to_unit(np.asarray(batch["video"][:, 1:])))
     result = dict(
         clips=_CLIPS.value, latent_frames=K, video_frames_compared=int(real.shape[1]),
         psnr_stage2_vs_stage1=float(psnr(v2, v1).mean()),
@@ -82,7 +82,7 @@ def main(argv):
     os.makedirs(_OUT.value, exist_ok=True)
     side = np.concatenate([real[0], v1[0], v2[0]], axis=2)
     write_mp4(os.path.join(_OUT.value, "true_stage1_stage2.mp4"),
-              np.clip((side + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8), fps=config.video.fps)
+              unit_to_frames(side), fps=config.video.fps)
     print(json.dumps(result))
     return 0
 

@@ -26,7 +26,7 @@ from aapt_jax import cli, configs
 from aapt_jax.io.files import atomic_save_npy
 from aapt_jax.io.generator_source import load_generator
 from aapt_jax.io.vae_source import load_vae
-from aapt_jax.io.video import write_mp4
+from aapt_jax.io.video import unit_to_frames, write_mp4
 from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.controls import control_maps
 from aapt_jax.model.dit import abstract_model, create
@@ -110,7 +110,7 @@ def main(argv):
     atomic_save_npy(os.path.join(_OUT.value, "latents.npy"), latents)
     if controls is not None:
         atomic_save_npy(os.path.join(_OUT.value, "controls.npy"), np.asarray(controls))
-    frames_u8 = np.clip((video[0] + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    frames_u8 = unit_to_frames(np.asarray(video[0]))
     write_mp4(os.path.join(_OUT.value, "video.mp4"), frames_u8, fps=config.video.fps)
     steady = float(np.median(step_times[1:])) if K > 1 else step_times[0]
     summary = dict(config=config.name, latent_frames=K, video_frames=int(video.shape[1]),

@@ -40,6 +40,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from flax import nnx
 from tqdm import tqdm
 
+from aapt_jax.io.video import frames_to_unit
 from aapt_jax.model.camera import TEMPORAL_FACTOR
 
 FORMAT = "aapt_jax.latent_shards"
@@ -149,7 +150,7 @@ def make_clip_encoder(vcfg, graphdef):
     @jax.jit
     def encode(vae_params, video):
         model = nnx.merge(graphdef, vae_params)
-        x = video.astype(jnp.float32) / 127.5 - 1.0  # as the training step maps uint8 video
+        x = frames_to_unit(video)  # as the training step maps uint8 video
         b, t, h, w, _ = x.shape
         cache = model.encoder.init_cache(b, h, w, jnp.dtype(vcfg.dtype))
         first, _, cache = model.encode_chunk(x[:, :1], cache, True)

@@ -34,7 +34,7 @@ from aapt_jax.data.world import render_path
 from aapt_jax.data.world_camera import random_walk
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.generator_source import load_generator
-from aapt_jax.io.video import unit_to_frames
+from aapt_jax.io.video import frames_to_unit, unit_to_frames
 from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.config import DiTConfig
 from aapt_jax.model.controls import control_maps
@@ -224,7 +224,7 @@ def encode_stream(vae, video) -> jax.Array:
     state = vae_lib.encode_init(vcfg, 1, video.shape[1:3])
     means = []
     for lo, hi in [(0, 1)] + [(i, i + r) for i in range(1, len(video), r)]:
-        pixels = _placed_like(params, video[None, lo:hi].astype(np.float32) / 127.5 - 1.0)
+        pixels = _placed_like(params, frames_to_unit(video[None, lo:hi]))
         state, (mean, _) = vae_lib.encode_step(graphdef, params, state, pixels)
         means.append(mean)
     return vae_lib.normalize_latents(vcfg, jnp.concatenate(means, axis=1))

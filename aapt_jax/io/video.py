@@ -15,6 +15,8 @@ import os
 import tempfile
 
 import av
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -167,18 +169,26 @@ def write_mp4(path, frames, fps: float, crf: int = 18) -> None:
         raise
 
 
-def frames_to_unit(frames) -> np.ndarray:
-    """uint8 frames -> float32 in ``[-1, 1]`` (the VAE's input range)."""
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8:
+def _array_module(x):
+    """jax.numpy for a jax array (also a traced one), else numpy: one conversion serves the
+    host-side tools and the jitted steps alike."""
+    return jnp if isinstance(x, jax.Array) else np
+
+
+def frames_to_unit(frames):
+    """uint8 frames -> float32 in ``[-1, 1]`` (the VAE's input range); same array kind out."""
+    xp = _array_module(frames)
+    frames = xp.asarray(frames)
+    if frames.dtype != xp.uint8:
         raise ValueError(f"frames_to_unit frames: expected uint8, got {frames.dtype}")
-    return frames.astype(np.float32) / 127.5 - 1.0
+    return frames.astype(xp.float32) / 127.5 - 1.0
 
 
-def unit_to_frames(x) -> np.ndarray:
-    """Floats in ``[-1, 1]`` -> uint8 frames (clipped, rounded)."""
-    x = np.asarray(x, np.float32)
-    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+def unit_to_frames(x):
+    """Floats in ``[-1, 1]`` -> uint8 frames (clipped, rounded); same array kind out."""
+    xp = _array_module(x)
+    x = xp.asarray(x, xp.float32)
+    return xp.clip(xp.round((x + 1.0) * 127.5), 0, 255).astype(xp.uint8)
 
 
 def list_videos(folder, extensions=VIDEO_EXTENSIONS) -> tuple[list[str], int]:

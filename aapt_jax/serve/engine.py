@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
+from aapt_jax.io.video import frames_to_unit, unit_to_frames
 from aapt_jax import configs
 from aapt_jax.io.generator_source import load_generator
 from aapt_jax.io.vae_source import load_vae
@@ -104,7 +105,7 @@ class Engine:
 
     # Jitted bodies: pure functions of (params, state, inputs).
     def _encode_impl(self, vae_params, rgb):
-        pixels = rgb.astype(jnp.float32)[None, None] / 127.5 - 1.0
+        pixels = frames_to_unit(rgb)[None, None]
         enc = vae_lib.encode_init(self.vcfg, 1, self.video_hw)
         _, (mean, _) = vae_lib.encode_step(self._vae_graphdef, vae_params, enc, pixels)
         return vae_lib.normalize_latents(self.vcfg, mean)
@@ -122,7 +123,7 @@ class Engine:
     def _decode_impl(self, vae_params, decoder, latent):
         decoder, pixels = vae_lib.decode_step(self._vae_graphdef, vae_params, decoder,
                                               vae_lib.denormalize_latents(self.vcfg, latent))
-        return decoder, jnp.round((pixels[0] + 1.0) * 127.5).astype(jnp.uint8)
+        return decoder, unit_to_frames(pixels[0])
 
     def encode_image(self, rgb: np.ndarray) -> jax.Array:
         """uint8 ``[H, W, 3]`` at the config's size -> normalized latent ``[1, 1, h, w, C]``."""

@@ -30,7 +30,7 @@ from aapt_jax.data.control_outliers import control_outlier_filter
 from aapt_jax.data.sources import make_loader, make_source
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.files import WorkdirLock, atomic_write_json
-from aapt_jax.io.video import write_mp4
+from aapt_jax.io.video import unit_to_frames, write_mp4
 from aapt_jax.train import stages
 from aapt_jax.train.optim import make_optimizer
 
@@ -108,7 +108,7 @@ def config_differences(saved: dict, given: dict) -> list[str]:
 def _write_video(path, real, fake, fps):
     """Side by side, real | generated, first sample of the batch."""
     both = np.concatenate([np.asarray(real[0]), np.asarray(fake[0])], axis=2)
-    write_mp4(path, np.clip((both + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8), fps=fps)
+    write_mp4(path, unit_to_frames(both), fps=fps)
 
 
 def train(config: ConfigDict, workdir: str) -> dict:

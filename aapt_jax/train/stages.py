@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
+from aapt_jax.io.video import frames_to_unit
 from aapt_jax import configs
 from aapt_jax.data.sources import check_control_source, validate_data_config
 from aapt_jax.io import checkpoint as ckpt
@@ -83,10 +84,6 @@ def _vae(config: ConfigDict, trainable: bool):
     return load_vae(config.vae.preset, config.vae.checkpoint)
 
 
-def _to_unit(video):
-    return video.astype(jnp.float32) / 127.5 - 1.0
-
-
 def check_data_geometry(config: ConfigDict, vcfg) -> None:
     d, v = config.data, config.video
     if (d.height, d.width) != (v.height, v.width):
@@ -119,7 +116,7 @@ def make_encoder(config: ConfigDict, vcfg, vae_graphdef):
         if "latents" in batch:
             mean = jnp.asarray(batch["latents"], jnp.float32)
         else:
-            mean, _ = vae_lib.encode(vae_graphdef, vae_params, _to_unit(batch["video"]))
+            mean, _ = vae_lib.encode(vae_graphdef, vae_params, frames_to_unit(batch["video"]))
         latents = vae_lib.normalize_latents(vcfg, mean)
         controls = None
         if ctrl_cfg.kind == "camera":
@@ -319,7 +316,7 @@ def _vae_stage(config, vcfg, graphdef, params) -> Stage:
     tc = config.train
 
     def loss(params, frozen, batch, key):
-        video = _to_unit(batch["video"])
+        video = frames_to_unit(batch["video"])
         mean, logvar = vae_lib.encode(graphdef, params, video)
         z = vae_lib.sample_latents(mean, logvar, key)
         recon = vae_lib.decode_unclamped(graphdef, params, z)
@@ -329,13 +326,13 @@ def _vae_stage(config, vcfg, graphdef, params) -> Stage:
         return total, {"loss": total, "recon": rec, "kl": kl}
 
     def sample(params, frozen, batch, key):
-        video = _to_unit(batch["video"])
+        video = frames_to_unit(batch["video"])
         mean, _ = vae_lib.encode(graphdef, params, video)
         return video, jnp.clip(vae_lib.decode_unclamped(graphdef, params, mean), -1.0, 1.0)
 
     @jax.jit
     def channel_moments(params, batch):
-        mean, _ = vae_lib.encode(graphdef, params, _to_unit(batch["video"]))
+        mean, _ = vae_lib.encode(graphdef, params, frames_to_unit(batch["video"]))
         return jnp.mean(mean, axis=(0, 1, 2, 3)), jnp.mean(jnp.square(mean), axis=(0, 1, 2, 3))
 
     def finish(params, batches):
