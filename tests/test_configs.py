@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from aapt_jax import configs
+from aapt_jax.data.geometry import check_data_geometry
 from aapt_jax.data.latent_shards import REQUIRED_CONTROL_INPUTS
 from aapt_jax.data.sources import validate_data_config
 from aapt_jax.io.wan_transformer import abstract_params
@@ -60,7 +61,7 @@ def test_stage_config_builds_validated_model_and_data(name, stage):
         c.data.folder = "/path/to/videos"
     data = validate_data_config(c.data)
     vcfg = get_vae_config(c.vae.preset)
-    stages.check_data_geometry(c, vcfg)
+    check_data_geometry(c, vcfg)
     assert (c.video.vae_spatial, c.video.vae_temporal) == (vcfg.spatial_ratio, vcfg.temporal_ratio)
     assert (model.latent_height, model.latent_width) == (data["height"] // 8, data["width"] // 8)
     assert (data["text_len"], data["text_dim"]) == (model.text_len, model.text_dim)

@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from aapt_jax.train import adversarial, flow, objectives
+from aapt_jax.model import flow
+from aapt_jax.train import adversarial, objectives
 from aapt_jax.train.optim import make_optimizer
 
 B, K = 3, 5

@@ -12,7 +12,7 @@ import jax
 
 from aapt_jax.data.sources import make_loader, make_source
 from aapt_jax.train import stages
-from aapt_jax.train.loop import _initial_state, make_train_step
+from aapt_jax.train.loop import initial_state, make_train_step
 from aapt_jax.train.optim import make_optimizer
 from configs import tiny_world
 
@@ -28,7 +28,7 @@ def compiled_step(stage_name: str, model_fields: dict | None = None, **train_fie
                                               weight_decay=config.train.weight_decay, grad_clip=config.train.grad_clip)
     loader = make_loader(make_source(config.data), config.train.batch_size * stage.clips_per_example, seed=0)
     step = make_train_step(stage, tx)
-    state = _initial_state(stage.params, tx, 0)
+    state = initial_state(stage.params, tx, 0)
     return stage, step, state, loader, config
 
 

@@ -14,12 +14,12 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
+from aapt_jax.data.geometry import check_data_geometry
 from aapt_jax.eval.drift import METRICS, drift_report
 from aapt_jax.eval.rollout import (STAGE_SAMPLERS, WORLDS, DriftRollout, check_generator_export, eval_path,
                                    eval_text, load_generator_export, vae_reconstruction)
 from aapt_jax.io.vae_source import load_vae
 from aapt_jax.io.video import write_mp4
-from aapt_jax.train.stages import check_data_geometry
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 REFERENCE = "vae_reconstruction"

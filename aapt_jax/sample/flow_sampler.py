@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from aapt_jax.sample.streaming import check_control, check_inputs
-from aapt_jax.train import flow
+from aapt_jax.model import flow
 
 
 def sample_clip(model, eps, text, *, num_steps: int, shift: float):
@@ -104,7 +104,7 @@ def sample_long(model, first, text, controls, key, *, num_frames: int, num_steps
       controls: ``[B, K, h, w, Cc]`` (control of frames ``1 .. K``) or None.
       key: PRNG key.
       num_frames: ``K`` (static).
-      num_steps, shift: the Euler grid (:func:`aapt_jax.train.flow.distillation_grid`).
+      num_steps, shift: the Euler grid (:func:`aapt_jax.model.flow.distillation_grid`).
       noise: optional ``(key, p, frame_indices [N + 2]) -> (context noise [B, N + 2, h, w, C],
         initial noise [B, 1, h, w, C])``, the draws of position ``p``: the noise that
         re-noises the window's context slots (the same at every Euler step) and the frame's

@@ -43,7 +43,7 @@ class TrainingStopped(RuntimeError):
     """A run stopped for a reason a person must look at (e.g. a non-finite loss)."""
 
 
-def _initial_state(params, tx, seed: int):
+def initial_state(params, tx, seed: int):
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
             "key": jax.random.key_data(jax.random.key(seed))}
 
@@ -136,7 +136,7 @@ def _train_locked(config: ConfigDict, workdir: str) -> dict:
     hw = (config.video.height, config.video.width)
     loader = make_loader(source, tc.batch_size * stage.clips_per_example, seed=config.data.seed,
                          keep=control_outlier_filter(aapt_configs.control_config(config), hw))
-    state = _initial_state(stage.params, tx, tc.seed)
+    state = initial_state(stage.params, tx, tc.seed)
     fingerprint = _config_fingerprint(config)
     if manager.latest_step() is not None:
         # The config is compared before the arrays are read: a changed optimizer would

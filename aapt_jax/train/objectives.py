@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from aapt_jax.train import flow
+from aapt_jax.model import flow
 
 
 def _mse(a, b):

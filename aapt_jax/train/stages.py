@@ -28,12 +28,13 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from aapt_jax.io.video import frames_to_unit
 from aapt_jax import configs
+from aapt_jax.data.geometry import check_data_geometry
 from aapt_jax.data.sources import check_control_source, validate_data_config
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.vae_source import load_vae
 from aapt_jax.io.generator_source import load_generator
+from aapt_jax.io.video import frames_to_unit
 from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.controls import control_maps
 from aapt_jax.model.discriminator import Discriminator, DiscriminatorConfig
@@ -82,16 +83,6 @@ def _vae(config: ConfigDict, trainable: bool):
     if trainable or config.train.random_init:
         return load_vae(config.vae.preset, "", seed=config.train.seed, allow_random=True)
     return load_vae(config.vae.preset, config.vae.checkpoint)
-
-
-def check_data_geometry(config: ConfigDict, vcfg) -> None:
-    d, v = config.data, config.video
-    if (d.height, d.width) != (v.height, v.width):
-        raise ValueError(f"data.height/width: expected the video size {(v.height, v.width)}, got {(d.height, d.width)}")
-    for side in ("height", "width"):
-        if v[side] % vcfg.spatial_ratio:
-            raise ValueError(f"video.{side}: expected a multiple of the VAE's spatial ratio {vcfg.spatial_ratio}, "
-                             f"got {v[side]}")
 
 
 def make_encoder(config: ConfigDict, vcfg, vae_graphdef):

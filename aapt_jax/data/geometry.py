@@ -1,0 +1,15 @@
+"""The data's frame size against the video config and the VAE, checked before anything runs."""
+
+from __future__ import annotations
+
+
+def check_data_geometry(config, vcfg) -> None:
+    """ValueError naming the field unless ``config.data`` has the video's size and the video's
+    sides are multiples of the VAE's spatial ratio (``vcfg.spatial_ratio``)."""
+    d, v = config.data, config.video
+    if (d.height, d.width) != (v.height, v.width):
+        raise ValueError(f"data.height/width: expected the video size {(v.height, v.width)}, got {(d.height, d.width)}")
+    for side in ("height", "width"):
+        if v[side] % vcfg.spatial_ratio:
+            raise ValueError(f"video.{side}: expected a multiple of the VAE's spatial ratio {vcfg.spatial_ratio}, "
+                             f"got {v[side]}")
