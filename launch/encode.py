@@ -17,7 +17,8 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from aapt_jax import cli, configs
-from aapt_jax.data.latent_shards import check_out_dir, encode_to_shards
+from aapt_jax.data.encode_latents import encode_to_shards
+from aapt_jax.data.latent_shards import check_out_dir
 from aapt_jax.io.vae_source import load_vae
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny_world.py:adapt", "Experiment config file.")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
+from aapt_jax.data import encode_latents as E
 from aapt_jax.data import latent_shards as L
 from aapt_jax.data import sources as S
 from aapt_jax.io.vae_source import load_vae
@@ -114,11 +115,11 @@ def test_an_existing_out_dir_is_refused_and_left_alone(tmp_path, shards):
     (out / "keep.txt").write_text("mine")
     vae = load_vae("tiny", "", seed=0, allow_random=True)
     with pytest.raises(ValueError, match=r"--out: expected a new or empty directory.*refusing to overwrite"):
-        L.encode_to_shards(str(out), _config().data, vae, vae_preset="tiny", vae_checkpoint="", num_examples=2)
+        E.encode_to_shards(str(out), _config().data, vae, vae_preset="tiny", vae_checkpoint="", num_examples=2)
     assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["busy"]  # no temporary directory left behind
     with pytest.raises(ValueError, match="data.source: expected a video source"):
-        L.encode_to_shards(str(tmp_path / "new"), _config(source="latents", folder=shards).data, vae,
+        E.encode_to_shards(str(tmp_path / "new"), _config(source="latents", folder=shards).data, vae,
                            vae_preset="tiny", vae_checkpoint="")
 
 
