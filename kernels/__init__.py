@@ -4,11 +4,11 @@
 * :mod:`kernels.decode_attention`: one streaming step against the ring-buffer KV cache.
 * :mod:`kernels._flash`: the forward, dq and dk/dv kernels both share.
 
-Importing this package (or any module in it) registers :func:`kernels.registry.pallas_attention`
-as the ``"pallas"`` implementation of :func:`aapt_jax.model.attention.attention`.
+:func:`kernels.registry.pallas_attention` is the ``"pallas"`` implementation of
+:func:`aapt_jax.model.attention.attention`, which calls it. The kernels check themselves
+against :mod:`aapt_jax.model.reference_attention`, below the API, so the imports run one way.
 """
 
-from aapt_jax.model.attention import register_kernel
 from kernels.registry import pallas_attention
 
-register_kernel("pallas", pallas_attention)
+__all__ = ["pallas_attention"]

@@ -33,7 +33,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from aapt_jax.model.attention import xla_attention, frame_ids
+from aapt_jax.model.reference_attention import frame_ids, xla_attention
 from aapt_jax.model.window import frame_visible
 from kernels import _flash
 from kernels._flash import BlockSizes, ParallelFrames, Spec

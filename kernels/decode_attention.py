@@ -34,7 +34,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from aapt_jax.model.attention import xla_attention
+from aapt_jax.model.reference_attention import xla_attention
 from aapt_jax.model.window import EMPTY_FRAME, frame_visible
 from kernels import _flash
 from kernels._flash import BlockSizes, FrameIds, Spec

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import kernels  # noqa: F401  (registers the "pallas" attention implementation)
-from aapt_jax.model import attention as attention_api
+import kernels
 from aapt_jax.model.attention import attention, frame_ids
 from aapt_jax.model.window import EMPTY_FRAME, frame_visible
 from kernels import _flash
@@ -232,8 +231,7 @@ def test_bad_block_sizes_raise():
         BlockSizes(block_k=8)
 
 
-def test_registered_and_dispatched_through_the_attention_api():
-    assert attention_api._KERNELS["pallas"] is kernels.pallas_attention
+def test_dispatched_through_the_attention_api():
     s, frames = 12, 4
     q, k, v, _ = _inputs(jax.random.key(3), 1, frames, s, 2, 2, 64, jnp.float32)
     ids = frame_ids(frames, s)

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import kernels  # noqa: F401  (registers the "pallas" attention implementation)
 from aapt_jax.model.attention import attention
 from kernels.decode_attention import decode_attention, decode_attention_reference
 from kernels._flash import BlockSizes

@@ -7,7 +7,7 @@ implementation and all of them compute the same numbers within tolerance:
   always available, the reference for the others.
 * ``cudnn``: ``jax.nn.dot_product_attention(implementation='cudnn')`` with the same mask
   (GPU only).
-* ``pallas``: the block-sparse kernels in ``kernels/`` (registered there).
+* ``pallas``: the block-sparse kernels in ``kernels/`` (dispatched by ``kernels.registry``).
 * ``auto``: ``pallas`` where a kernel supports the call, else ``xla``, chosen explicitly.
 
 Shapes: queries ``[B, Lq, H, D]``, keys and values ``[B, Lk, Hkv, D]`` with ``H % Hkv == 0``.
@@ -16,26 +16,15 @@ Frame ids give the latent-frame index of every token (``-1`` for an empty cache 
 
 from __future__ import annotations
 
-import importlib
-import math
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
+from aapt_jax.model.reference_attention import frame_ids, repeat_kv, xla_attention
 from aapt_jax.model.window import frame_visible
 
+__all__ = ["IMPLEMENTATIONS", "attention", "check_impl", "frame_ids", "full_attention", "xla_attention"]
+
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "auto")
-
-# Kernels register themselves here: name -> callable
-#   fn(q, k, v, q_frames, k_frames, *, window, tokens_per_frame, layout, strict) -> out | None
-# returning None (only when strict=False) for a call outside what the kernel supports, and
-# raising ValueError naming the constraint when strict=True.
-_KERNELS: dict[str, Callable] = {}
-
-
-def register_kernel(name: str, fn: Callable) -> None:
-    _KERNELS[name] = fn
 
 
 def check_impl(impl: str) -> None:
@@ -43,28 +32,9 @@ def check_impl(impl: str) -> None:
         raise ValueError(f"attention_impl: expected one of {IMPLEMENTATIONS}, got {impl!r}")
 
 
-def _repeat_kv(k, num_heads):
-    groups = num_heads // k.shape[2]
-    return k if groups == 1 else jnp.repeat(k, groups, axis=2)
-
-
-def xla_attention(q, k, v, mask):
-    """Reference attention; softmax in fp32. mask: bool ``[Lq, Lk]`` or None."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    k = _repeat_kv(k, q.shape[2])
-    v = _repeat_kv(v, q.shape[2])
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-    if mask is not None:
-        logits = jnp.where(mask, logits, -jnp.inf)
-    probs = jax.nn.softmax(logits, axis=-1)
-    # A query row with no visible key (never produced by the AAPT rule) would give NaN.
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.astype(q.dtype)
-
-
 def _cudnn_attention(q, k, v, mask):
-    k = _repeat_kv(k, q.shape[2])
-    v = _repeat_kv(v, q.shape[2])
+    k = repeat_kv(k, q.shape[2])
+    v = repeat_kv(v, q.shape[2])
     m = None if mask is None else mask[None, None]
     return jax.nn.dot_product_attention(q, k, v, mask=m, implementation="cudnn")
 
@@ -90,18 +60,14 @@ def attention(q, k, v, q_frames, k_frames, *, window: int | None, impl: str = "x
     """
     check_impl(impl)
     if impl in ("pallas", "auto"):
-        if "pallas" not in _KERNELS:
-            importlib.import_module("kernels")  # registers itself
-        kernel = _KERNELS.get("pallas")
-        if kernel is None:
-            if impl == "pallas":
-                raise ValueError("attention_impl='pallas': no Pallas kernel is registered by `kernels`")
-        else:
-            out = kernel(q, k, v, q_frames, k_frames, window=window,
-                         tokens_per_frame=tokens_per_frame, layout=layout,
-                         strict=(impl == "pallas"))
-            if out is not None:
-                return out
+        # The kernels implement this API on top of the references below it (imported on first
+        # use: the other implementations need no Pallas machinery).
+        from kernels.registry import pallas_attention
+
+        out = pallas_attention(q, k, v, q_frames, k_frames, window=window, tokens_per_frame=tokens_per_frame,
+                               layout=layout, strict=(impl == "pallas"))
+        if out is not None:
+            return out
     mask = frame_visible(q_frames, k_frames, window)
     if impl == "cudnn":
         return _cudnn_attention(q, k, v, mask)
@@ -131,9 +97,3 @@ def full_attention(q, k, v, *, impl: str = "xla", query_block: int = CROSS_QUERY
     blocks = jnp.moveaxis(blocks.reshape(B, n, query_block, H, D), 1, 0)
     out = jax.lax.map(jax.checkpoint(lambda qb: xla_attention(qb, k, v, None)), blocks)
     return jnp.moveaxis(out, 0, 1).reshape(B, n * query_block, H, D)[:, :Lq]
-
-
-def frame_ids(num_frames: int, tokens_per_frame: int, first_frame: int = 0):
-    """Frame id of every token of ``num_frames`` contiguous frames: int32 ``[num_frames * S]``."""
-    return jnp.repeat(jnp.arange(first_frame, first_frame + num_frames, dtype=jnp.int32),
-                      tokens_per_frame)
