@@ -15,10 +15,10 @@ rather than ``T * T``. A block straddling a frame boundary or the window edge ge
 mask from token -> frame arithmetic. Token counts that are not block multiples are padded
 to the largest block and the padding is masked (frame id ``-1``).
 
-Backend: Triton lowering of Pallas; the reasons are in :mod:`kernels._flash`. The shipped
-tiles (:func:`kernels._flash.default_block_sizes`) are ``128 x 64`` (forward), ``64 x 32``
+Backend: Triton lowering of Pallas; the reasons are in :mod:`aapt_jax.kernels._flash`. The shipped
+tiles (:func:`aapt_jax.kernels._flash.default_block_sizes`) are ``128 x 64`` (forward), ``64 x 32``
 (dq) and ``32 x 64`` (dk/dv) for bf16, smaller for fp32, inside Hopper's 228 KiB of shared
-memory (:func:`kernels._flash.shared_memory_bytes`).
+memory (:func:`aapt_jax.kernels._flash.shared_memory_bytes`).
 
 Shapes: q ``[B, L, H, D]``, k and v ``[B, L, Hkv, D]`` with ``L = T * S``, ``H % Hkv == 0``,
 ``D`` in ``(64, 128)``, dtype bfloat16 or float32. Output ``[B, L, H, D]`` in q's dtype.
@@ -35,8 +35,8 @@ import jax.numpy as jnp
 
 from aapt_jax.model.reference_attention import frame_ids, xla_attention
 from aapt_jax.model.window import frame_visible
-from kernels import _flash
-from kernels._flash import BlockSizes, ParallelFrames, Spec
+from aapt_jax.kernels import _flash
+from aapt_jax.kernels._flash import BlockSizes, ParallelFrames, Spec
 
 __all__ = ["block_causal_attention", "block_causal_attention_reference", "benchmark",
            "parallel_spec"]
@@ -77,7 +77,7 @@ def block_causal_attention(q, k, v, *, tokens_per_frame: int, window: int | None
       tokens_per_frame: ``S``, tokens of one latent frame.
       window: ``N`` past frames seen besides the sink and the own frame; ``None`` =
         bidirectional.
-      block_sizes: tiles; default :func:`kernels._flash.default_block_sizes` of q's dtype.
+      block_sizes: tiles; default :func:`aapt_jax.kernels._flash.default_block_sizes` of q's dtype.
       interpret: run the Pallas interpreter; default: on a CPU backend.
 
     Returns:

@@ -14,13 +14,13 @@ Why a Pallas kernel rather than ``jax.nn.dot_product_attention(implementation="c
   ``S = 1196, R = 30``) per step;
 * AAPT's student forcing lets gradients flow through the KV cache, so the step needs a
   backward pass; this one is the training kernel's own Pallas dq and dk/dv kernels
-  (:mod:`kernels._flash`), with the same numerics as the parallel forward it must equal;
+  (:mod:`aapt_jax.kernels._flash`), with the same numerics as the parallel forward it must equal;
 * blocks of empty slots are skipped at run time instead of being multiplied and masked.
 
 The kernel is the shared flash kernel driven by per-token frame-id arrays (queries all carry
 ``query_frame``; keys carry their slot's id, padding ``-1``): every key block is a candidate
 and a block no query sees is skipped with a branch. Backend: Triton lowering of Pallas, for
-the reasons given in :mod:`kernels._flash`.
+the reasons given in :mod:`aapt_jax.kernels._flash`.
 
 Shapes: q ``[B, S, H, D]``; k, v ``[B, (R + 2) * S, Hkv, D]``; ``slot_frames`` int
 ``[R + 2]``; ``query_frame`` int scalar. Output ``[B, S, H, D]`` in q's dtype.
@@ -36,8 +36,8 @@ import jax.numpy as jnp
 
 from aapt_jax.model.reference_attention import xla_attention
 from aapt_jax.model.window import EMPTY_FRAME, frame_visible
-from kernels import _flash
-from kernels._flash import BlockSizes, FrameIds, Spec
+from aapt_jax.kernels import _flash
+from aapt_jax.kernels._flash import BlockSizes, FrameIds, Spec
 
 __all__ = ["decode_attention", "decode_attention_reference", "benchmark"]
 
@@ -68,7 +68,7 @@ def decode_attention(q, k, v, slot_frames, query_frame, *, tokens_per_frame: int
       query_frame: int scalar: the current frame's index.
       tokens_per_frame: ``S``.
       window: ``N``; ``None`` = every non-empty slot.
-      block_sizes, interpret: as for :func:`kernels.block_causal_attention.block_causal_attention`.
+      block_sizes, interpret: as for :func:`aapt_jax.kernels.block_causal_attention.block_causal_attention`.
 
     Returns:
       ``[B, S, H, D]`` in q's dtype.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jax
 
-from kernels.block_causal_attention import block_causal_attention, check_parallel
-from kernels.decode_attention import check_decode, decode_attention
+from aapt_jax.kernels.block_causal_attention import block_causal_attention, check_parallel
+from aapt_jax.kernels.decode_attention import check_decode, decode_attention
 
 
 def _check_frames(q, k, q_frames, k_frames) -> None:

@@ -1,7 +1,7 @@
 """The attention benchmark suite runs at tiny size and its figures are consistent."""
 
 from aapt_jax import bench
-from kernels import _flash
+from aapt_jax.kernels import _flash
 
 
 def test_attention_suite_quick_run():

@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import kernels
+from aapt_jax import kernels
 from aapt_jax.model.attention import attention, frame_ids
 from aapt_jax.model.window import EMPTY_FRAME, frame_visible
-from kernels import _flash
-from kernels.block_causal_attention import (block_causal_attention,
+from aapt_jax.kernels import _flash
+from aapt_jax.kernels.block_causal_attention import (block_causal_attention,
                                             block_causal_attention_reference, parallel_spec)
-from kernels._flash import BlockSizes
+from aapt_jax.kernels._flash import BlockSizes
 
 SMALL = BlockSizes(block_q=16, block_k=16, block_q_dq=16, block_k_dq=16, block_q_dkv=16,
                    block_k_dkv=16)

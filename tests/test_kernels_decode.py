@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from aapt_jax.model.attention import attention
-from kernels.decode_attention import decode_attention, decode_attention_reference
-from kernels._flash import BlockSizes
+from aapt_jax.kernels.decode_attention import decode_attention, decode_attention_reference
+from aapt_jax.kernels._flash import BlockSizes
 
 SMALL = BlockSizes(block_q=16, block_k=16, block_q_dq=16, block_k_dq=16, block_q_dkv=16,
                    block_k_dkv=16)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.vae_source import load_vae
@@ -22,6 +23,7 @@ def _pipeline(workdir):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
 
 
+@pytest.mark.slow
 def test_pipeline_runs_every_stage_and_reports_drift(tmp_path):
     proc = _pipeline(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -27,12 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from aapt_jax.model.window import frame_visible
-from kernels import _flash
-from kernels.block_causal_attention import (block_causal_attention,
+from aapt_jax.kernels import _flash
+from aapt_jax.kernels.block_causal_attention import (block_causal_attention,
                                             block_causal_attention_reference, parallel_spec)
-from kernels.block_causal_attention import benchmark as parallel_benchmark
-from kernels.decode_attention import benchmark as decode_benchmark
-from kernels.decode_attention import decode_attention, decode_attention_reference
+from aapt_jax.kernels.block_causal_attention import benchmark as parallel_benchmark
+from aapt_jax.kernels.decode_attention import benchmark as decode_benchmark
+from aapt_jax.kernels.decode_attention import decode_attention, decode_attention_reference
 
 
 def mask_block_density(num_frames: int, tokens_per_frame: int, window: int | None,

@@ -7,7 +7,7 @@ implementation and all of them compute the same numbers within tolerance:
   always available, the reference for the others.
 * ``cudnn``: ``jax.nn.dot_product_attention(implementation='cudnn')`` with the same mask
   (GPU only).
-* ``pallas``: the block-sparse kernels in ``kernels/`` (dispatched by ``kernels.registry``).
+* ``pallas``: the block-sparse kernels in ``kernels/`` (``aapt_jax.kernels.registry``).
 * ``auto``: ``pallas`` where a kernel supports the call, else ``xla``, chosen explicitly.
 
 Shapes: queries ``[B, Lq, H, D]``, keys and values ``[B, Lk, Hkv, D]`` with ``H % Hkv == 0``.
@@ -62,7 +62,7 @@ def attention(q, k, v, q_frames, k_frames, *, window: int | None, impl: str = "x
     if impl in ("pallas", "auto"):
         # The kernels implement this API on top of the references below it (imported on first
         # use: the other implementations need no Pallas machinery).
-        from kernels.registry import pallas_attention
+        from aapt_jax.kernels.registry import pallas_attention
 
         out = pallas_attention(q, k, v, q_frames, k_frames, window=window, tokens_per_frame=tokens_per_frame,
                                layout=layout, strict=(impl == "pallas"))
