@@ -1,13 +1,19 @@
-"""init/step on a mesh of 8 virtual CPU devices give the frames of one device."""
+"""init/step on a mesh of 8 virtual CPU devices give the frames of one device; a dimension
+that its mesh axes do not divide is logged by name or, strictly, an error."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
+from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from aapt_jax.parallel.mesh import make_mesh
+from aapt_jax.model.config import DiTConfig
+from aapt_jax.model.dit import abstract_model
+from aapt_jax.parallel import sharding as shd
+from aapt_jax.parallel.mesh import MESH_AXES, make_mesh
 
 SCRIPT = r"""
 import json
@@ -63,6 +69,9 @@ def test_eight_device_mesh_matches_one_device():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # every param and activation of this config divides the mesh: no axis was dropped (a
+    # dropped one is logged as "sharding: ... does not divide ...")
+    assert "does not divide" not in proc.stderr, proc.stderr[-4000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["max_abs_diff"] <= 1e-5 * max(1.0, r["scale"]), r
     # parameters are FSDP-sharded over the 4-way `fsdp` axis (embed dim 48 -> 12 per device)
@@ -77,3 +86,55 @@ def test_mesh_bad_sizes_are_named():
         make_mesh(data=1, fsdp=0)
     with pytest.raises(ValueError, match="need 6 devices"):
         make_mesh(data=2, fsdp=3)
+
+
+# ----- an axis that does not divide is an error or a named warning, never silent -------------
+
+# data=2, fsdp=4 as in the 8-device test, without devices: shardings are computed, nothing placed
+MESH = AbstractMesh((2, 4, 1, 1), MESH_AXES)
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch, caplog):
+    monkeypatch.setattr(shd, "_WARNED", set())
+    caplog.set_level(logging.WARNING, logger="aapt_jax.parallel.sharding")
+    return caplog
+
+
+@pytest.fixture(scope="module")
+def odd_params():
+    # dim = 3 heads x 10 = 30: the `embed` axis (fsdp=4) does not divide it
+    cfg = DiTConfig(num_layers=1, num_heads=3, head_dim=10, ffn_dim=64, latent_channels=4, text_dim=16,
+                    latent_height=4, latent_width=4)
+    return abstract_model(cfg)[1]
+
+
+def test_param_that_does_not_divide_is_logged_by_path(odd_params, fresh_warnings):
+    shardings = shd.param_shardings(odd_params, MESH)
+    assert shardings["blocks"][0]["attn1"]["to_q"]["kernel"].spec == P(None, None)
+    assert shardings["blocks"][0]["ffn"]["proj_out"]["kernel"].spec == P(None, None)
+    msgs = [r.getMessage() for r in fresh_warnings.records]
+    want = ("sharding: param blocks/0/attn1/to_q/kernel ('embed', 'qkv') dim 0 (size 30) does not divide "
+            "by mesh axes (fsdp=4, product 4); replicated over fsdp")
+    assert want in msgs, msgs
+    # one warning per distinct message, however often the shardings are computed
+    shd.param_shardings(odd_params, MESH)
+    assert len(fresh_warnings.records) == len(msgs) == len(set(msgs))
+
+
+def test_strict_makes_it_an_error(odd_params):
+    with pytest.raises(ValueError, match=r"param blocks/0/attn1/to_./kernel .* dim 0 \(size 30\) .*fsdp=4"):
+        shd.param_shardings(odd_params, MESH, strict=True)
+    with pytest.raises(ValueError, match=r"tokens dim 2 \(size 1196\) does not divide by mesh axes \(context=8"):
+        shd.array_sharding((1, 2, 1196, 64), ("batch", "frames", "tokens", "embed"),
+                           AbstractMesh((1, 1, 8, 1), MESH_AXES), name="tokens", strict=True)
+
+
+def test_batch_keeps_the_axes_that_divide(fresh_warnings):
+    s = shd.array_sharding((2, 3), ("batch", None), MESH)
+    assert s.spec == P("data", None)
+    assert fresh_warnings.records[0].getMessage().endswith("split over data only, replicated over fsdp")
+    # an axis that divides logs nothing
+    fresh_warnings.clear()
+    assert shd.array_sharding((8, 3), ("batch", None), MESH).spec == P(("data", "fsdp"), None)
+    assert not fresh_warnings.records

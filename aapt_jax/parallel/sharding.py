@@ -5,12 +5,22 @@ activations are annotated with :func:`constrain`. A rule set maps each logical n
 mesh axis (or a tuple of them, or None = replicated). Strategies are rule sets, so adding
 one (ZeRO-2 for the student-forcing generator, Ulysses context parallel) does not touch
 the model.
+
+A dimension that a mesh axis does not divide (a tiny test width, 1196 tokens per frame on
+``context=8``) cannot be split evenly. It is never replicated silently: with
+``strict=True`` it is a ``ValueError``; otherwise the mesh axes are kept as far as their
+product divides the dimension (``batch`` 2 on ``data=2, fsdp=4`` stays split over
+``data``), the rest are dropped, and the logger ``aapt_jax.parallel.sharding`` warns once
+per message, naming the array (param path or activation axes), the dimension, its size
+and the mesh axes with their sizes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
+import math
 from typing import Mapping, Sequence
 
 import jax
@@ -38,6 +48,11 @@ DEFAULT_RULES: dict = {
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("aapt_sharding", default=None)
 
+logger = logging.getLogger(__name__)
+# Messages already logged: constrain() runs once per block per trace, and one warning per
+# distinct mismatch is enough.
+_WARNED: set = set()
+
 
 def spec(axes: Sequence[str | None], rules: Rules, mesh: Mesh) -> P:
     """PartitionSpec for logical ``axes``; a mesh axis is used at most once per array, and
@@ -52,34 +67,65 @@ def spec(axes: Sequence[str | None], rules: Rules, mesh: Mesh) -> P:
     return P(*out)
 
 
-def _fits(shape, pspec: P, mesh: Mesh) -> P:
-    """Drop mesh axes that do not divide their dimension (e.g. tiny test widths)."""
-    out = []
-    for dim, entry in zip(shape, tuple(pspec) + (None,) * (len(shape) - len(pspec))):
-        names = () if entry is None else (entry,) if isinstance(entry, str) else entry
-        size = 1
-        for n in names:
-            size *= mesh.shape[n]
-        out.append(entry if dim % size == 0 else None)
-    return P(*out)
+def fit_entry(dim: int, entry, mesh: Mesh, *, what: str, index: int, strict: bool):
+    """``entry`` (mesh axis, tuple of them, or None) for a dimension of size ``dim``: the
+    longest prefix of its axes whose product divides ``dim``; a shortfall is an error when
+    ``strict``, else a logged warning."""
+    names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    keep = names
+    while keep and dim % math.prod(mesh.shape[n] for n in keep):
+        keep = keep[:-1]
+    if keep != names:
+        sizes = ", ".join(f"{n}={mesh.shape[n]}" for n in names)
+        msg = (f"sharding: {what} dim {index} (size {dim}) does not divide by mesh axes ({sizes}, "
+               f"product {math.prod(mesh.shape[n] for n in names)})")
+        if strict:
+            raise ValueError(msg)
+        dropped = ", ".join(names[len(keep):])
+        msg += (f"; split over {', '.join(keep)} only, replicated over {dropped}" if keep
+                else f"; replicated over {dropped}")
+        if msg not in _WARNED:
+            _WARNED.add(msg)
+            logger.warning(msg)
+    return None if not keep else keep[0] if len(keep) == 1 else keep
 
 
-def param_shardings(params: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES):
-    """A pytree of NamedSharding matching ``params``, from each Param's ``logical_axes``."""
+def _fits(shape, pspec: P, mesh: Mesh, *, what: str = "array", strict: bool = False) -> P:
+    """``pspec`` for an array of ``shape``, each entry reduced to the mesh axes that divide its
+    dimension (see :func:`fit_entry`); ``what`` names the array in the warning or error."""
+    entries = tuple(pspec) + (None,) * (len(shape) - len(pspec))
+    return P(*(fit_entry(dim, entry, mesh, what=what, index=i, strict=strict)
+               for i, (dim, entry) in enumerate(zip(shape, entries))))
 
-    def one(var):
+
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def param_shardings(params: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES, *, strict: bool = False):
+    """A pytree of NamedSharding matching ``params``, from each Param's ``logical_axes``.
+
+    A dimension its mesh axes do not divide raises (``strict``) or is logged with the
+    param's path (see the module docstring)."""
+
+    def one(path, var):
         axes = var.get_metadata().get("logical_axes") or (None,) * var.value.ndim
-        return NamedSharding(mesh, _fits(var.value.shape, spec(axes, rules, mesh), mesh))
+        what = f"param {_path_name(path)} {tuple(axes)}"
+        return NamedSharding(mesh, _fits(var.value.shape, spec(axes, rules, mesh), mesh, what=what, strict=strict))
 
-    return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def shard_params(params: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.State:
-    return jax.device_put(params, param_shardings(params, mesh, rules))
+    return jax.tree_util.tree_map_with_path(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def array_sharding(shape, axes, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> NamedSharding:
-    return NamedSharding(mesh, _fits(shape, spec(axes, rules, mesh), mesh))
+def shard_params(params: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES, *, strict: bool = False) -> nnx.State:
+    return jax.device_put(params, param_shardings(params, mesh, rules, strict=strict))
+
+
+def array_sharding(shape, axes, mesh: Mesh, rules: Rules = DEFAULT_RULES, *, name: str | None = None,
+                   strict: bool = False) -> NamedSharding:
+    """NamedSharding for an array of ``shape`` with logical ``axes``; ``name`` (default: the
+    axes) names it if a dimension does not divide."""
+    what = name or f"array {tuple(axes)}"
+    return NamedSharding(mesh, _fits(shape, spec(axes, rules, mesh), mesh, what=what, strict=strict))
 
 
 @contextlib.contextmanager
@@ -92,10 +138,16 @@ def use_mesh(mesh: Mesh, rules: Rules = DEFAULT_RULES):
         _ACTIVE.reset(token)
 
 
+def active_mesh():
+    """``(mesh, rules)`` set by the innermost :func:`use_mesh`, or None."""
+    return _ACTIVE.get()
+
+
 def constrain(x, axes: Sequence[str | None]):
     """``with_sharding_constraint`` by logical names; a no-op outside :func:`use_mesh`."""
     active = _ACTIVE.get()
     if active is None:
         return x
     mesh, rules = active
-    return jax.lax.with_sharding_constraint(x, array_sharding(x.shape, axes, mesh, rules))
+    return jax.lax.with_sharding_constraint(
+        x, array_sharding(x.shape, axes, mesh, rules, name=f"activation {tuple(axes)}"))
