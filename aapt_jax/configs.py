@@ -1,29 +1,23 @@
-"""From an experiment config (``configs/*.py``) to the validated library configs."""
+"""From an experiment config (a ConfigDict, e.g. from ``configs/*.py``) to the validated
+library configs.
+
+The library never imports the experiment configs: callers pass a ConfigDict, and the few
+functions that need configs by name (the benchmark suites) take a :data:`Named` function
+(``configs.get`` of the checkout, handed over by ``launch.bench`` and the tests).
+"""
 
 from __future__ import annotations
 
-import importlib
 import math
+from typing import Callable
 
 from ml_collections import ConfigDict
 
 from aapt_jax.model.config import DiTConfig
 from aapt_jax.model.controls import ControlConfig, control_channels
 
-NAMED = {
-    "tiny": "configs.tiny",
-    "tiny_world": "configs.tiny_world",
-    "wan2.1-t2v-1.3B": "configs.wan2_1_t2v_1_3b",
-    "wan2.1-t2v-14B": "configs.wan2_1_t2v_14b",
-    "aapt-8B": "configs.aapt_8b",
-}
-
-
-def get(name: str) -> ConfigDict:
-    """A named config: one of :data:`NAMED`."""
-    if name not in NAMED:
-        raise ValueError(f"config: expected one of {sorted(NAMED)}, got {name!r}")
-    return importlib.import_module(NAMED[name]).get_config()
+# ``'NAME'`` or ``'NAME:STAGE'`` -> that experiment config, e.g. ``'tiny_world:adapt'``.
+Named = Callable[[str], ConfigDict]
 
 
 def control_config(config: ConfigDict) -> ControlConfig:

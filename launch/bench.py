@@ -4,6 +4,7 @@ import json
 
 from absl import flags
 
+import configs
 from aapt_jax import bench, cli
 
 _SUITE = flags.DEFINE_string("suite", None, "Suite to run (a module of aapt_jax.bench).", required=True)
@@ -15,7 +16,7 @@ def main(argv):
     del argv
     suite = bench.load(_SUITE.value)
     sink = open(_OUT.value, "a") if _OUT.value else None
-    for record in suite.run(quick=_QUICK.value):
+    for record in suite.run(configs.get, quick=_QUICK.value):
         line = json.dumps({"suite": _SUITE.value, **record})
         print(line, flush=True)
         if sink:

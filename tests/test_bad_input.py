@@ -8,6 +8,7 @@ from aapt_jax import configs
 from aapt_jax.model.config import DiTConfig
 from aapt_jax.model.dit import create
 from aapt_jax.sample.streaming import StreamingSampler
+from configs import get as named_config
 
 CFG = DiTConfig(num_layers=1, num_heads=2, head_dim=12, ffn_dim=16, latent_channels=4, text_dim=8,
                 causal=True, window=3, control_channels=2, latent_height=4, latent_width=4)
@@ -37,7 +38,7 @@ def test_bad_model_fields(field, value, needle):
 
 
 def test_video_not_divisible_by_vae():
-    config = configs.get("tiny")
+    config = named_config("tiny")
     config.video.height = 100
     with pytest.raises(ValueError, match="video.height: expected a multiple of the VAE's spatial factor 8, got 100"):
         configs.model_config(config)
@@ -45,7 +46,7 @@ def test_video_not_divisible_by_vae():
 
 def test_unknown_named_config():
     with pytest.raises(ValueError, match="config: expected one of"):
-        configs.get("wan3")
+        named_config("wan3")
 
 
 def test_wrong_latent_shapes(model):

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from aapt_jax import configs
+import configs
 
 # one parameter count per named config (tiny, tiny_world, the Wan configs, aapt-8B)
 NAMES = {"step_time_ratio_late_vs_early", "cache_speedup_vs_recompute", "flops_ratio_vs_diffusion_forcing",

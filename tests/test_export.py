@@ -264,8 +264,9 @@ def test_vae_importer_takes_any_z_dim(tmp_path):
 @needs_torch
 def test_export_suite_quick():
     from aapt_jax.bench import export as export_bench
+    from configs import get as named_config
 
-    records = {r["name"]: r for r in export_bench.run(quick=True)}
+    records = {r["name"]: r for r in export_bench.run(named_config, quick=True)}
     assert list(records) == ["torch_vs_jax_stream_max_rel_err", "torch_vs_jax_decoded_max_abs_err",
                              "convert_peak_rss_gib"]
     assert records["torch_vs_jax_stream_max_rel_err"]["value"] <= 1e-5

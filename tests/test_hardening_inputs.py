@@ -8,6 +8,7 @@ from aapt_jax import configs
 from aapt_jax.model.config import DiTConfig
 from aapt_jax.model.dit import create
 from aapt_jax.sample.streaming import StreamingSampler
+from configs import get as named_config
 
 CFG = DiTConfig(num_layers=1, num_heads=2, head_dim=12, ffn_dim=16, latent_channels=4, text_dim=8,
                 causal=True, window=3, control_channels=0, latent_height=4, latent_width=4)
@@ -55,7 +56,7 @@ def test_non_finite_numbers_are_refused(field, value):
     ("context", 0, "mesh.context: expected a positive int or -1, got 0"),
 ])
 def test_unwired_mesh_is_refused(field, value, needle):
-    c = configs.get("tiny")
+    c = named_config("tiny")
     c.mesh.data = 1
     c.mesh[field] = value
     with pytest.raises(ValueError, match=needle):
@@ -63,13 +64,13 @@ def test_unwired_mesh_is_refused(field, value, needle):
 
 
 def test_default_mesh_on_one_device_passes():
-    configs.check_mesh(configs.get("tiny"), device_count=1)
-    configs.check_mesh(configs.get("wan2.1-t2v-14B"), device_count=1)
+    configs.check_mesh(named_config("tiny"), device_count=1)
+    configs.check_mesh(named_config("wan2.1-t2v-14B"), device_count=1)
 
 
 @pytest.mark.parametrize("field,value", [("batch", 0), ("num_frames", -1)])
 def test_sample_fields(field, value):
-    c = configs.get("tiny")
+    c = named_config("tiny")
     c.sample[field] = value
     with pytest.raises(ValueError, match=f"sample.{field}: expected an int >= 1, got {value}"):
         configs.check_sample(c)

@@ -2,10 +2,11 @@
 
 from aapt_jax import bench
 from aapt_jax.kernels import _flash
+from configs import get as named_config
 
 
 def test_attention_suite_quick_run():
-    records = list(bench.load("attention").run(quick=True))
+    records = list(bench.load("attention").run(named_config, quick=True))
     by_name = {}
     for r in records:
         assert {"name", "value", "unit"} <= set(r)

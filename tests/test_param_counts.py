@@ -5,6 +5,7 @@ import pytest
 
 from aapt_jax import configs
 from aapt_jax.io.wan_transformer import abstract_params
+from configs import get as named_config
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -12,7 +13,7 @@ diffusers = pytest.importorskip("diffusers")
 
 @pytest.mark.parametrize("name,expected", [("wan2.1-t2v-1.3B", 1_418_996_800), ("wan2.1-t2v-14B", 14_288_491_584)])
 def test_wan_param_count_equals_diffusers(name, expected):
-    config = configs.get(name)
+    config = named_config(name)
     m = config.model
     with torch.device("meta"):
         ref = diffusers.WanTransformer3DModel(
@@ -25,7 +26,7 @@ def test_wan_param_count_equals_diffusers(name, expected):
 
 
 def test_aapt_8b_is_about_8b():
-    cfg = configs.model_config(configs.get("aapt-8B"))
+    cfg = configs.model_config(named_config("aapt-8B"))
     count = sum(x.size for x in jax.tree.leaves(abstract_params(cfg)))
     assert cfg.num_layers == 36 and cfg.window == 30 and (cfg.latent_height, cfg.latent_width) == (52, 92)
     assert 7.5e9 < count < 8.5e9

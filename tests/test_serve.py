@@ -27,13 +27,14 @@ from aapt_jax.serve.app import BackgroundServer, ServerOptions, is_loopback  # n
 from aapt_jax.serve.engine import cached_engine  # noqa: E402
 from aapt_jax.serve.protocol import ProtocolError  # noqa: E402
 from aapt_jax.serve.session import decode_image  # noqa: E402
+from configs import get as named_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def engine():
-    return cached_engine("tiny_world")
+    return cached_engine(named_config("tiny_world"))
 
 
 @pytest.fixture(scope="module")
@@ -361,7 +362,7 @@ def test_image_to_video_and_export(url, tmp_path):
 
 
 def test_latency_bench_runs_quick(engine):
-    records = {r["name"]: r for r in bench.load("latency").run(quick=True)}
+    records = {r["name"]: r for r in bench.load("latency").run(named_config, quick=True)}
     for name in ("startup_compile_s", "first_frame_ms", "key_to_frame_ms_p50", "key_to_frame_ms_p99",
                  "frame_interval_ms_p50", "step_ms_p50", "decode_ms_p50", "sustained_video_fps"):
         assert np.isfinite(records[name]["value"]), name
@@ -419,7 +420,7 @@ def test_engine_loads_stage_exports(tmp_path):
     from aapt_jax.model.vae_config import get_vae_config
     from aapt_jax.serve.engine import Engine
 
-    config = configs.get("tiny_world")
+    config = named_config("tiny_world")
     cfg = configs.model_config(config)
     _, params = create(cfg, 3)
     ckpt.save_export(str(tmp_path / "adv"), nnx.to_pure_dict(params), {"stage": "adversarial", "model": cfg.to_dict()})

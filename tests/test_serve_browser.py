@@ -17,6 +17,7 @@ import pytest
 
 from aapt_jax.serve.app import BackgroundServer, ServerOptions
 from aapt_jax.serve.engine import cached_engine
+from configs import get as named_config
 
 webdriver = pytest.importorskip("selenium.webdriver")
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -30,7 +31,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 
 @pytest.fixture(scope="module")
 def page():
-    engine = cached_engine("tiny_world")
+    engine = cached_engine(named_config("tiny_world"))
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

@@ -207,8 +207,9 @@ def test_memory_figures_run_at_quick_size():
     """The adversarial suite's saved-activation figures (abstract shapes): the update keeps
     what a teacher-forcing pass keeps, the scan through the cache keeps more."""
     from aapt_jax.bench.adversarial import student_forcing_memory
+    from configs import get as named_config
 
-    figures = {r["name"]: r for r in student_forcing_memory(quick=True)}
+    figures = {r["name"]: r for r in student_forcing_memory(named_config, quick=True)}
     student = figures["student_forcing_saved_bytes_vs_parallel"]
     scan = figures["scan_through_cache_saved_bytes_vs_parallel"]
     assert student["unit"] == scan["unit"] == "ratio"

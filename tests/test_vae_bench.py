@@ -3,10 +3,11 @@
 import math
 
 from aapt_jax.bench import vae as vae_bench
+from configs import get as named_config
 
 
 def test_quick_run():
-    records = list(vae_bench.run(quick=True))
+    records = list(vae_bench.run(named_config, quick=True))
     assert [r["name"] for r in records] == [
         "decode_ms_per_latent_frame_tiny", "light_vs_full_decode_speedup",
         "streaming_vs_full_decode_max_abs_diff"]

@@ -1,8 +1,10 @@
 """Benchmark suites for ``python -m launch.bench --suite=NAME``.
 
-Each suite is a module here with ``run(quick: bool) -> Iterable[dict]``; every dict is one
-figure ``{"suite", "name", "value", "unit", ...context}``. ``quick`` shrinks the sizes so a
-test can check that the suite runs; figures quoted anywhere come from full runs.
+Each suite is a module here with ``run(named, quick: bool) -> Iterable[dict]``; every dict
+is one figure ``{"suite", "name", "value", "unit", ...context}``. ``named`` gives the
+experiment configs a suite measures by name (:data:`aapt_jax.configs.Named`: ``launch.bench``
+passes the checkout's ``configs.get``). ``quick`` shrinks the sizes so a test can check that
+the suite runs; figures quoted anywhere come from full runs.
 """
 
 import importlib

@@ -25,12 +25,12 @@ from flax import nnx
 from jax._src.ad_checkpoint import saved_residuals
 
 from aapt_jax import configs as aapt_configs
+from aapt_jax.configs import Named
 from aapt_jax.bench.train import compiled_step, seconds_per_step
 from aapt_jax.model.discriminator import Discriminator, DiscriminatorConfig
 from aapt_jax.model.dit import abstract_model
 from aapt_jax.sample.streaming import init_state, rollout_frames
 from aapt_jax.train.adversarial import generator_loss, student_generator_loss
-from configs import tiny_world
 
 GIB = 2.0**30
 
@@ -100,10 +100,10 @@ def generator_loss_variants(cfg, dcfg, frames: int, batch: int = 1):
     return {"student": (student, args), "teacher": (teacher, args), "scan": (scan, args)}
 
 
-def student_forcing_memory(quick: bool = False) -> list:
+def student_forcing_memory(named: Named, quick: bool = False) -> list:
     out = []
     # tiny: the tiny world's generator with K = 32 generated frames and a window of 16
-    config = tiny_world.get_config("adversarial")
+    config = named("tiny_world:adversarial")
     frames, window = (8, 4) if quick else (32, 16)
     cfg = aapt_configs.model_config(config).replace(window=window, remat=True)  # as the paper trains
     dcfg = DiscriminatorConfig(layers=tuple(config.train.disc_layers), head_dim=config.train.disc_head_dim)
@@ -117,7 +117,7 @@ def student_forcing_memory(quick: bool = False) -> list:
     if quick:
         return out
     # the paper's scale: aapt-8B, 30 generated frames at 736x416, remat per block, bf16
-    cfg = aapt_configs.model_config(aapt_configs.get("aapt-8B")).replace(remat=True)
+    cfg = aapt_configs.model_config(named("aapt-8B")).replace(remat=True)
     dcfg = DiscriminatorConfig(layers=(11, 23, 35), head_dim=256)
     variants = generator_loss_variants(cfg, dcfg, 30)
     for name, metric in (("student", "aapt8b_student_forcing_saved_gib_per_sample"),
@@ -137,8 +137,9 @@ def _peak_bytes(step, state, frozen, batch) -> int | None:
                - analysis.alias_size_in_bytes)
 
 
-def update_time(name: str, measure_steps: int, warmup_steps: int = 1, model_fields=None, **train_fields) -> list:
-    stage, step, state, loader, config = compiled_step("adversarial", model_fields, **train_fields)
+def update_time(config, name: str, measure_steps: int, warmup_steps: int = 1, model_fields=None,
+                **train_fields) -> list:
+    stage, step, state, loader, config = compiled_step(config, model_fields, **train_fields)
     batches = [next(loader) for _ in range(warmup_steps + measure_steps)]
     peak = _peak_bytes(step, state, stage.frozen, batches[0])
     seconds = seconds_per_step(step, state, stage.frozen, batches, warmup_steps)
@@ -153,11 +154,12 @@ def update_time(name: str, measure_steps: int, warmup_steps: int = 1, model_fiel
                  source="compiled memory_analysis(): arguments + outputs + temporaries - aliased", **common)]
 
 
-def run(quick: bool = False):
-    yield from student_forcing_memory(quick)
+def run(named: Named, quick: bool = False):
+    yield from student_forcing_memory(named, quick)
     n = 1 if quick else 5
-    yield from update_time("student_forcing_step_s", n)
-    yield from update_time("teacher_forcing_step_s", n, forcing="teacher")
-    yield from update_time("long_video_step_s", n, extensions=1)
+    config = named("tiny_world:adversarial")
+    yield from update_time(config, "student_forcing_step_s", n)
+    yield from update_time(config, "teacher_forcing_step_s", n, forcing="teacher")
+    yield from update_time(config, "long_video_step_s", n, extensions=1)
     # remat per block: the backward recomputes each block, trading time for activation memory
-    yield from update_time("student_forcing_remat_step_s", n, model_fields={"remat": True})
+    yield from update_time(config, "student_forcing_remat_step_s", n, model_fields={"remat": True})

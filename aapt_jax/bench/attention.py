@@ -87,7 +87,8 @@ def _dense_flops(fn, *args) -> float:
     return float(jax.jit(fn).trace(*args).lower().cost_analysis()["flops"])
 
 
-def run(quick: bool) -> Iterator[dict]:
+def run(named, quick: bool = False) -> Iterator[dict]:
+    del named  # measures no experiment config
     if quick:
         frames, s, window, heads, head_dim, ring = 8, 50, 3, 2, 64, 3
     else:

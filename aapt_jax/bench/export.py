@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from aapt_jax import configs
+from aapt_jax.configs import Named
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.convert import convert
 from aapt_jax.model import vae as vae_lib
@@ -82,13 +83,14 @@ def make_exports(root: str, cfg, control: dict, seed: int = 0) -> tuple:
     return workdir, vcfg, vae_graphdef, vae_params, graphdef, params
 
 
-def stream_parity(quick: bool, seed: int = 0) -> dict:
-    """Stream the same inputs through the JAX sampler and the converted PyTorch reference."""
+def stream_parity(config, quick: bool, seed: int = 0) -> dict:
+    """Stream the same inputs through the JAX sampler and the converted PyTorch reference
+    (``config``: the tiny experiment config)."""
     import torch
 
     from aapt_torch import StreamingDecoder, StreamingGenerator
 
-    config = configs.get("tiny")
+    config = config.copy_and_resolve_references()  # a copy: the fields below change
     if quick:
         config.model.num_layers, config.model.window = 2, 2
         config.video.height, config.video.width = 32, 48
@@ -137,12 +139,12 @@ def stream_parity(quick: bool, seed: int = 0) -> dict:
 
 
 _CHILD_MAKE = """
-import sys, numpy as np
+import json, sys, numpy as np
 from flax import nnx
-from aapt_jax import configs
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.wan_transformer import abstract_params
-cfg = configs.model_config(configs.get(sys.argv[1]))
+from aapt_jax.model.config import DiTConfig
+cfg = DiTConfig.from_mapping(json.loads(sys.argv[1]))
 rng = np.random.default_rng(0)
 params = nnx.to_pure_dict(abstract_params(cfg))
 import jax
@@ -166,16 +168,15 @@ print(json.dumps(dict(base_kib=base, peak_kib=kib("VmHWM"), seconds=time.perf_co
 """
 
 
-def convert_peak_rss(quick: bool) -> dict:
+def convert_peak_rss(named: Named, quick: bool) -> dict:
     """Convert a random ``wan2.1-t2v-1.3B``-shaped export (``tiny`` when quick) in a child
     process; its peak RSS above the baseline it had just before converting."""
     name = "tiny" if quick else "wan2.1-t2v-1.3B"
+    model = json.dumps(configs.model_config(named(name)).to_dict())
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join([repo, env.get("PYTHONPATH", "")])
     with tempfile.TemporaryDirectory() as root:
         src, out = os.path.join(root, "export"), os.path.join(root, "converted")
-        subprocess.run([sys.executable, "-c", _CHILD_MAKE, name, src], check=True, env=env)
+        subprocess.run([sys.executable, "-c", _CHILD_MAKE, model, src], check=True, env=env)
         ckpt_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(src) for f in fs)
         done = subprocess.run([sys.executable, "-c", _CHILD_CONVERT, src, out], check=True, env=env,
                               capture_output=True, text=True)
@@ -186,15 +187,15 @@ def convert_peak_rss(quick: bool) -> dict:
                 seconds=result["seconds"])
 
 
-def run(quick: bool = False) -> Iterator[dict]:
+def run(named: Named, quick: bool = False) -> Iterator[dict]:
     t = time.perf_counter()
-    parity = stream_parity(quick)
+    parity = stream_parity(named("tiny"), quick)
     context = dict(config="tiny", frames=parity["frames"], window=parity["window"], layers=parity["layers"],
                    dtype="float32", seconds=round(time.perf_counter() - t, 1))
     yield dict(name="torch_vs_jax_stream_max_rel_err", value=parity["stream_err"], unit="ratio", **context)
     yield dict(name="torch_vs_jax_decoded_max_abs_err", value=parity["decoded_err"], unit="pixels in [-1, 1]",
                video_frames=parity["video_frames"], **context)
-    rss = convert_peak_rss(quick)
+    rss = convert_peak_rss(named, quick)
     yield dict(name="convert_peak_rss_gib", value=rss["peak_gib"], unit="GiB", config=rss["config"],
                checkpoint_gib=round(rss["checkpoint_gib"], 3), output_gib=round(rss["output_gib"], 3),
                seconds=round(rss["seconds"], 1), dtype="bfloat16")

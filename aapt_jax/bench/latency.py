@@ -27,6 +27,7 @@ import time
 import aiohttp
 import numpy as np
 
+from aapt_jax.configs import Named
 from aapt_jax.serve import protocol
 from aapt_jax.serve.app import BackgroundServer, ServerOptions
 from aapt_jax.serve.engine import cached_engine
@@ -118,8 +119,8 @@ async def _measure(url: str, duration: float, seed: int = 0) -> dict:
             return result
 
 
-def run(quick: bool = False):
-    engine = cached_engine(CONFIG)
+def run(named: Named, quick: bool = False):
+    engine = cached_engine(named(CONFIG))
     duration = 3.0 if quick else 60.0
     with BackgroundServer(engine, ServerOptions(host="127.0.0.1", port=0, capacity=2)) as url:
         r = asyncio.run(_measure(url, duration))

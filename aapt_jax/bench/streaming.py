@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from aapt_jax import configs
+from aapt_jax.configs import Named
 from aapt_jax.io.wan_transformer import abstract_params
 from aapt_jax.model import kv_cache as kvc
 from aapt_jax.model.config import DiTConfig
@@ -27,6 +28,8 @@ from aapt_jax.model.dit import abstract_model, create
 from aapt_jax.sample.streaming import StreamingSampler
 
 H100_BF16_DENSE_FLOPS = 989e12
+# The configs whose parameters the suite counts (param_count_<name>).
+COUNTED = ("tiny", "tiny_world", "wan2.1-t2v-1.3B", "wan2.1-t2v-14B", "aapt-8B")
 
 
 def _median_ms(times, lo, hi):
@@ -127,8 +130,8 @@ def _diffusers_count(config) -> int | None:
     return sum(p.numel() for p in model.parameters())
 
 
-def run(quick: bool = False):
-    tiny = configs.model_config(configs.get("tiny"))
+def run(named: Named, quick: bool = False):
+    tiny = configs.model_config(named("tiny"))
     num_frames = 60 if quick else 1440
     early, late = ((10, 20), (50, 60)) if quick else ((40, 80), (1400, 1440))
     times, (graphdef, params, state, text, controls) = step_times(tiny, num_frames)
@@ -149,7 +152,7 @@ def run(quick: bool = False):
     yield dict(name="flops_ratio_vs_diffusion_forcing", value=ours / df, unit="ratio",
                step_flops=ours, diffusion_forcing_flops=df, **ctx)
 
-    big_config = configs.get("aapt-8B")
+    big_config = named("aapt-8B")
     if quick:  # same shapes per block, 2 of the 36 blocks: only checks that the path runs
         big_config.model.num_layers = 2
     big = configs.model_config(big_config)
@@ -161,8 +164,8 @@ def run(quick: bool = False):
     yield dict(name="aapt_8b_h100_video_fps_at_50pct_mfu", value=fps, unit="fps", config="aapt-8B",
                assumed_peak_flops=H100_BF16_DENSE_FLOPS, mfu=0.5)
 
-    for name in configs.NAMED:
-        config = configs.get(name)
+    for name in COUNTED:
+        config = named(name)
         count = sum(x.size for x in jax.tree.leaves(abstract_params(configs.model_config(config))))
         record = dict(name=f"param_count_{name}", value=count, unit="params", config=name)
         if name.startswith("wan") and not quick:

@@ -9,17 +9,19 @@ from __future__ import annotations
 import time
 
 import jax
+from ml_collections import ConfigDict
 
+from aapt_jax.configs import Named
 from aapt_jax.data.sources import make_loader, make_source
 from aapt_jax.train import stages
 from aapt_jax.train.loop import initial_state, make_train_step
 from aapt_jax.train.optim import make_optimizer
-from configs import tiny_world
 
 
-def compiled_step(stage_name: str, model_fields: dict | None = None, **train_fields):
-    """(stage, jitted train step, initial state, batches iterator, config) at the tiny config."""
-    config = tiny_world.get_config(stage_name)
+def compiled_step(config: ConfigDict, model_fields: dict | None = None, **train_fields):
+    """(stage, jitted train step, initial state, batches iterator, config) of a stage's config
+    with random weights and ``train_fields`` / ``model_fields`` changed."""
+    config = config.copy_and_resolve_references()  # a copy: the fields below change
     config.train.random_init = True
     config.train.update(train_fields)
     config.model.update(model_fields or {})
@@ -44,8 +46,9 @@ def seconds_per_step(step, state, frozen, batches, warmup_steps: int) -> float:
     return (time.perf_counter() - t0) / (len(batches) - warmup_steps)
 
 
-def steps_per_s(stage_name: str, measure_steps: int, warmup_steps: int = 2, **train_fields) -> dict:
-    stage, step, state, loader, config = compiled_step(stage_name, **train_fields)
+def steps_per_s(config: ConfigDict, measure_steps: int, warmup_steps: int = 2, **train_fields) -> dict:
+    stage, step, state, loader, config = compiled_step(config, **train_fields)
+    stage_name = stage.name
     batches = [next(loader) for _ in range(warmup_steps + measure_steps)]
     elapsed = measure_steps * seconds_per_step(step, state, stage.frozen, batches, warmup_steps)
     return dict(name="train_steps_per_s", value=measure_steps / elapsed, unit="steps/s", stage=stage_name,
@@ -54,6 +57,6 @@ def steps_per_s(stage_name: str, measure_steps: int, warmup_steps: int = 2, **tr
                 backend=jax.default_backend())
 
 
-def run(quick: bool = False):
+def run(named: Named, quick: bool = False):
     for name in ("vae", "base", "adapt", "distill", "adversarial"):
-        yield steps_per_s(name, measure_steps=2 if quick else 10)
+        yield steps_per_s(named(f"tiny_world:{name}"), measure_steps=2 if quick else 10)

@@ -60,7 +60,8 @@ def _streaming_diff(config: VAEConfig, batch: int, latent_frames: int, latent_hw
     return float(jnp.max(jnp.abs(jnp.concatenate(chunks, 1) - full)))
 
 
-def run(quick: bool) -> Iterator[dict]:
+def run(named, quick: bool = False) -> Iterator[dict]:
+    del named  # measures no experiment config
     backend = jax.default_backend()
     tiny = get_vae_config("tiny")
     # Full: the tiny pipeline's 96x128 video (configs/tiny.py). Quick: the streaming tests'

@@ -15,7 +15,7 @@ until the uint8 frames are fetched, so a latent frame costs two host syncs.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import json
 import logging
 import time
 
@@ -25,8 +25,8 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from aapt_jax.io.video import frames_to_unit, unit_to_frames
 from aapt_jax import configs
+from aapt_jax.io.video import frames_to_unit, unit_to_frames
 from aapt_jax.io.generator_source import load_generator
 from aapt_jax.io.vae_source import load_vae
 from aapt_jax.model import vae as vae_lib
@@ -180,10 +180,15 @@ def _text_embedding(config: ConfigDict) -> np.ndarray:
     return np.zeros((config.model.text_len, config.model.text_dim), np.float32)
 
 
-@functools.lru_cache(maxsize=4)
-def cached_engine(config_name: str, checkpoint: str = "", vae: str = "", seed: int = 0) -> Engine:
-    """One warm engine per (named config, weights) in a process: the tests and the bench
-    share its compile."""
-    engine = Engine(configs.get(config_name), checkpoint, vae, seed)
-    engine.warm_up()
-    return engine
+_ENGINES: dict = {}
+
+
+def cached_engine(config: ConfigDict, checkpoint: str = "", vae: str = "", seed: int = 0) -> Engine:
+    """One warm engine per (config, weights) in a process: the tests and the bench share its
+    compile (configs with the same fields share an engine)."""
+    key = (json.dumps(config.to_dict(), sort_keys=True, default=repr), checkpoint, vae, seed)
+    if key not in _ENGINES:
+        engine = Engine(config.copy_and_resolve_references(), checkpoint, vae, seed)
+        engine.warm_up()
+        _ENGINES[key] = engine
+    return _ENGINES[key]
