@@ -31,6 +31,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from aapt_jax.data.crop import CroppedSource
 from aapt_jax.data.latent_shards import REQUIRED_CONTROL_INPUTS, LatentSource
 from aapt_jax.data.pose_figure import pose_clip
 from aapt_jax.data.video_folder import VideoFolder
@@ -166,12 +167,13 @@ def data_config(**overrides) -> dict:
     (video pixels, multiples of 8), ``latent_frames`` (K: clips have 1 + 4K frames),
     ``num_examples`` (for 'latents': at most this many of the cached clips), ``seed``,
     ``folder`` (the video folder for source='folder', the shard directory for 'latents'),
-    ``text_len``, ``text_dim`` and ``text_embedding`` ('zeros' or 'random', procedural
-    sources).
+    ``text_len``, ``text_dim``, ``text_embedding`` ('zeros' or 'random', procedural
+    sources) and ``crop`` (0: whole frames; else random ``crop x crop`` crops, see
+    :mod:`aapt_jax.data.crop`; the VAE stage's speed-up).
     """
     cfg = {"source": "world", "height": 96, "width": 128, "latent_frames": 4,
            "num_examples": 4096, "seed": 0, "folder": "", "text_len": 16, "text_dim": 64,
-           "text_embedding": "zeros"}
+           "text_embedding": "zeros", "crop": 0}
     cfg.update(overrides)
     return cfg
 
@@ -203,6 +205,11 @@ def validate_data_config(data_cfg) -> dict:
         cfg[name] = _positive_int(cfg, name, SPATIAL_FACTOR)
     for name in ("latent_frames", "num_examples", "text_len", "text_dim"):
         cfg[name] = _positive_int(cfg, name)
+    crop = cfg["crop"]
+    if isinstance(crop, bool) or not isinstance(crop, (int, np.integer)) or crop < 0:
+        raise ValueError(f"data.crop: expected 0 (whole frames) or a crop side in pixels, got {crop!r}")
+    if crop and cfg["source"] == "latents":
+        raise ValueError(f"data.crop: latent shards are encoded whole; expected 0 for source='latents', got {crop}")
     seed = cfg["seed"]
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"data.seed: expected an int >= 0, got {seed!r}")
@@ -237,7 +244,7 @@ def check_control_source(data_cfg, control_kind: str) -> None:
                          f"data.source in {fits}")
 
 
-def make_source(data_cfg) -> _ClipSource | LatentSource:
+def make_source(data_cfg) -> _ClipSource | CroppedSource | LatentSource:
     """The source described by ``data_cfg`` (see :func:`data_config`), validated first (for
     'latents', also against the shards' ``meta.json``: ValueError naming the field)."""
     cfg = validate_data_config(data_cfg)
@@ -246,10 +253,12 @@ def make_source(data_cfg) -> _ClipSource | LatentSource:
     args = (cfg["height"], cfg["width"], cfg["latent_frames"], cfg["num_examples"], cfg["seed"],
             cfg["text_len"], cfg["text_dim"])
     if cfg["source"] == "world":
-        return WorldSource(*args, text_embedding=cfg["text_embedding"])
-    if cfg["source"] == "pose":
-        return PoseSource(*args, text_embedding=cfg["text_embedding"])
-    return FolderSource(cfg["folder"], *args)
+        source = WorldSource(*args, text_embedding=cfg["text_embedding"])
+    elif cfg["source"] == "pose":
+        source = PoseSource(*args, text_embedding=cfg["text_embedding"])
+    else:
+        source = FolderSource(cfg["folder"], *args)
+    return CroppedSource(source, int(cfg["crop"]), cfg["seed"]) if cfg["crop"] else source
 
 
 def make_loader(source, batch_size: int, seed: int, shuffle: bool = True,

@@ -211,11 +211,15 @@ class RandomPolicy:
 
 
 def random_walk(world: World, num_frames: int, seed: int, video_hw, *, fov_deg: float = 70.0,
-                warmup_frames: int = 0, params: WalkParams = WalkParams()) -> CameraPath:
+                warmup_frames: int = 0, params: WalkParams = WalkParams(),
+                branch_seed: int | None = None) -> CameraPath:
     """A walk of ``num_frames`` frames from a random start, deterministic from ``seed``.
 
     ``warmup_frames`` policy steps run before the first returned frame, so a clip can
-    start in motion rather than from rest.
+    start in motion rather than from rest. ``branch_seed`` (None: no branch) keeps the
+    start and the warm-up of ``seed``'s walk but draws the returned frames' actions from a
+    fresh policy seeded by it: another path from the same first frame, which is what a
+    camera-following measure compares against.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames: expected >= 1, got {num_frames!r}")
@@ -224,6 +228,11 @@ def random_walk(world: World, num_frames: int, seed: int, video_hw, *, fov_deg: 
     policy = RandomPolicy(world, rng, params)
     for _ in range(warmup_frames):
         state = apply_action(world, state, policy(state), params.radius)
+    if branch_seed is not None:
+        branch_rng = np.random.default_rng(np.random.SeedSequence([int(branch_seed), 0xB7]))
+        moving = policy.action
+        policy = RandomPolicy(world, branch_rng, params)
+        policy.action = moving  # the same velocity at the branch point: the paths part smoothly
     c2w = np.empty((num_frames, 4, 4))
     actions = np.zeros((num_frames, 4))
     c2w[0] = camera_to_world(state)

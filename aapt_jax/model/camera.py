@@ -78,13 +78,16 @@ def latent_frame_count(shape, name: str, frame_axis: int = 1) -> int:
     return (num_frames - 1) // TEMPORAL_FACTOR
 
 
-def check_video_hw(video_hw) -> tuple[int, int]:
-    """Validate ``video_hw = (H, W)``: positive ints divisible by 8. Returns ``(H, W)``."""
+def check_video_hw(video_hw, cell: int = SPATIAL_FACTOR) -> tuple[int, int]:
+    """Validate ``video_hw = (H, W)``: positive ints divisible by ``cell`` (video pixels per
+    latent cell, the VAE's spatial factor). Returns ``(H, W)``."""
+    if isinstance(cell, bool) or not isinstance(cell, int) or cell < 1:
+        raise ValueError(f"cell: expected a positive int, got {cell!r}")
     ok = (isinstance(video_hw, (tuple, list)) and len(video_hw) == 2
           and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in video_hw))
-    if not ok or any(v % SPATIAL_FACTOR for v in video_hw):
+    if not ok or any(v % cell for v in video_hw):
         raise ValueError(
-            f"video_hw: expected (H, W), positive ints divisible by {SPATIAL_FACTOR}, "
+            f"video_hw: expected (H, W), positive ints divisible by {cell}, "
             f"got {video_hw!r}")
     return int(video_hw[0]), int(video_hw[1])
 
@@ -224,16 +227,17 @@ def _check_camera_inputs(intrinsics, c2w) -> int:
 
 
 def camera_control(intrinsics, c2w, video_hw, fold: int, origin_scale: float,
-                   rotation_scale: float, *, dtype=jnp.float32):
+                   rotation_scale: float, *, cell: int = SPATIAL_FACTOR, dtype=jnp.float32):
     """Scaled, folded ray maps of latent frames ``1 .. K`` (see the module docstring).
 
     Args:
       intrinsics: ``[B, T, 4]`` = ``(fx, fy, cx, cy)`` in pixels of the ``H x W`` video,
         ``T = 1 + 4K``.
       c2w: ``[B, T, 4, 4]`` absolute camera-to-world poses of video frames ``0 .. 4K``.
-      video_hw: ``(H, W)``, divisible by 8; the latent grid is ``(h, w) = (H/8, W/8)``.
+      video_hw: ``(H, W)``, divisible by ``cell``; the latent grid is ``(h, w) = (H/cell, W/cell)``.
       fold: grid pixels per latent cell per axis; rays are cast on an ``(h*fold, w*fold)``
-        grid (8 = every video pixel, like CameraCtrl's ``PixelUnshuffle(8)``).
+        grid (``fold = cell`` = every video pixel, like CameraCtrl's ``PixelUnshuffle(8)``).
+      cell: video pixels per latent cell per axis, the VAE's spatial factor (Wan: 8).
       origin_scale: typical per-axis camera step per video frame, in scene units.
       rotation_scale: typical per-axis camera rotation per video frame, in radians.
       dtype: output dtype (the rays are computed in float32).
@@ -245,13 +249,13 @@ def camera_control(intrinsics, c2w, video_hw, fold: int, origin_scale: float,
       poses on the grid and ``d_id`` the identity camera's directions.
     """
     _check_camera_inputs(intrinsics, c2w)
-    height, width = check_video_hw(video_hw)
+    height, width = check_video_hw(video_hw, cell)
     fold = check_fold(fold)
     origin_scale = check_positive(origin_scale, "origin_scale")
     rotation_scale = check_positive(rotation_scale, "rotation_scale")
 
-    grid_h = height // SPATIAL_FACTOR * fold
-    grid_w = width // SPATIAL_FACTOR * fold
+    grid_h = height // cell * fold
+    grid_w = width // cell * fold
     intrinsics = jnp.asarray(intrinsics, jnp.float32)[:, 1:]
     # Continuous pixel coordinates scale linearly with the image, so the pixel-centre
     # convention survives the resampling to the grid.

@@ -42,6 +42,8 @@ class ControlConfig:
         ray component or joint (8 = every video pixel, as in CameraCtrl; 1 or 2 for tiny
         models).
       num_joints: pose joints ``J`` (the default skeleton has 13).
+      cell: video pixels per latent cell per axis, the VAE's spatial factor (Wan: 8; the
+        tiny world's VAE: 4). Must equal ``video.vae_spatial``.
       origin_scale: typical per-axis camera step per video frame, scene units; origins are
         divided by it. The default is ~walking speed in metres at 24 fps.
       rotation_scale: typical per-axis camera rotation per video frame, radians; direction
@@ -52,6 +54,7 @@ class ControlConfig:
     kind: str = "none"
     fold: int = 8
     num_joints: int = pose.DEFAULT_SKELETON.num_joints
+    cell: int = camera.SPATIAL_FACTOR
     origin_scale: float = 0.05
     rotation_scale: float = 0.01
     pose_sigma: float = 0.5
@@ -60,7 +63,7 @@ class ControlConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"ControlConfig.kind: expected one of {KINDS}, got {self.kind!r}")
-        for name in ("fold", "num_joints"):
+        for name in ("fold", "num_joints", "cell"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ControlConfig.{name}: expected a positive int, got {value!r}")
@@ -99,18 +102,18 @@ def control_maps(cfg: ControlConfig, video_hw, **inputs):
 
     Args:
       cfg: the control config (static under jit).
-      video_hw: ``(H, W)`` of the video, divisible by 8 (static).
+      video_hw: ``(H, W)`` of the video, divisible by ``cfg.cell`` (static).
       **inputs: per-video-frame inputs for ``cfg.kind`` (module docstring); None values
         count as absent.
 
     Returns:
-      float32 ``[B, K, H/8, W/8, control_channels(cfg)]``, or None for ``kind='none'``.
+      float32 ``[B, K, H/cell, W/cell, control_channels(cfg)]``, or None for ``kind='none'``.
     """
     given = _check_inputs(cfg, inputs)
-    camera.check_video_hw(video_hw)
+    camera.check_video_hw(video_hw, cfg.cell)
     if cfg.kind == "camera":
         return camera.camera_control(given["intrinsics"], given["c2w"], video_hw, cfg.fold,
-                                     cfg.origin_scale, cfg.rotation_scale)
+                                     cfg.origin_scale, cfg.rotation_scale, cell=cfg.cell)
     if cfg.kind == "pose":
         keypoints = given["keypoints"]
         joints = jnp.shape(keypoints)[2] if jnp.ndim(keypoints) == 4 else None
@@ -118,7 +121,7 @@ def control_maps(cfg: ControlConfig, video_hw, **inputs):
             raise ValueError(f"keypoints: expected shape [B, T, {cfg.num_joints}, 2] "
                              f"(num_joints={cfg.num_joints}), got {tuple(jnp.shape(keypoints))}")
         return pose.pose_control(keypoints, given.get("visibility"), video_hw, cfg.fold,
-                                 cfg.pose_sigma)
+                                 cfg.pose_sigma, cell=cfg.cell)
     return None
 
 

@@ -77,7 +77,7 @@ def _check_pose_inputs(keypoints, visibility) -> None:
                          f"got {tuple(jnp.shape(visibility))}")
 
 
-def pose_heatmaps(keypoints, visibility, video_hw, fold: int, sigma: float):
+def pose_heatmaps(keypoints, visibility, video_hw, fold: int, sigma: float, *, cell: int = SPATIAL_FACTOR):
     """Per-video-frame joint heatmaps on the ``(h * fold, w * fold)`` grid.
 
     Args:
@@ -85,19 +85,20 @@ def pose_heatmaps(keypoints, visibility, video_hw, fold: int, sigma: float):
       visibility: ``[B, T, J]`` bool or a weight in ``[0, 1]`` that multiplies the map
         (0 = invisible: a zero map, whatever the keypoint holds, NaN included), or None for
         all visible.
-      video_hw: ``(H, W)``, divisible by 8.
+      video_hw: ``(H, W)``, divisible by ``cell``.
       fold: grid pixels per latent cell per axis.
       sigma: Gaussian standard deviation in latent cells.
+      cell: video pixels per latent cell per axis (the VAE's spatial factor).
 
     Returns:
       float32 ``[B, T, h * fold, w * fold, J]``.
     """
     _check_pose_inputs(keypoints, visibility)
-    height, width = check_video_hw(video_hw)
+    height, width = check_video_hw(video_hw, cell)
     fold = check_fold(fold)
     sigma = check_positive(sigma, "sigma")
-    grid_h = height // SPATIAL_FACTOR * fold
-    grid_w = width // SPATIAL_FACTOR * fold
+    grid_h = height // cell * fold
+    grid_w = width // cell * fold
 
     keypoints = jnp.asarray(keypoints, jnp.float32)
     if visibility is None:
@@ -120,16 +121,17 @@ def pose_heatmaps(keypoints, visibility, video_hw, fold: int, sigma: float):
 
 
 def pose_control(keypoints, visibility, video_hw, fold: int, sigma: float, *,
-                 dtype=jnp.float32):
+                 cell: int = SPATIAL_FACTOR, dtype=jnp.float32):
     """Folded joint heatmaps of latent frames ``1 .. K`` (see the module docstring).
 
     Args:
       keypoints: ``[B, T, J, 2]`` pixel ``(x, y)`` of video frames ``0 .. 4K``,
         ``T = 1 + 4K``.
       visibility: ``[B, T, J]`` (see :func:`pose_heatmaps`) or None.
-      video_hw: ``(H, W)``, divisible by 8; the latent grid is ``(h, w) = (H/8, W/8)``.
+      video_hw: ``(H, W)``, divisible by ``cell``; the latent grid is ``(h, w) = (H/cell, W/cell)``.
       fold: grid pixels per latent cell per axis.
       sigma: Gaussian standard deviation in latent cells.
+      cell: video pixels per latent cell per axis (the VAE's spatial factor).
       dtype: output dtype.
 
     Returns:
@@ -140,5 +142,5 @@ def pose_control(keypoints, visibility, video_hw, fold: int, sigma: float, *,
     # Video frame 0 is latent frame 0, which the user supplies; no map is needed for it.
     keypoints = jnp.asarray(keypoints)[:, 1:]
     visibility = None if visibility is None else jnp.asarray(visibility)[:, 1:]
-    maps = pose_heatmaps(keypoints, visibility, video_hw, fold, sigma)
+    maps = pose_heatmaps(keypoints, visibility, video_hw, fold, sigma, cell=cell)
     return fold_to_latent(maps, fold).astype(dtype)
