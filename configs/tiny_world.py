@@ -13,6 +13,7 @@
 
 from ml_collections import ConfigDict
 
+from aapt_jax.train.config import train_fields
 from configs import tiny
 
 # Per stage: steps, learning rate (the paper's 1e-5 AdamW is for an 8B model at batch 256;
@@ -56,17 +57,9 @@ def get_config(stage: str = "base") -> ConfigDict:
     c.data = ConfigDict(dict(source="world", height=c.video.height, width=c.video.width, latent_frames=6,
                              num_examples=4096, seed=0, folder="", text_len=c.model.text_len,
                              text_dim=c.model.text_dim))
-    c.train = ConfigDict(dict(
-        stage=stage, steps=300, batch_size=2, optimizer="adamw", lr=1e-3, weight_decay=0.01, grad_clip=1.0,
-        warmup_steps=20, shift=24.0, distill_steps=32, sample_steps=16, sample_shift=5.0,
-        checkpoint_every=50, keep_checkpoints=3, restore_step=0, log_every=10, sample_every=0, seed=0,
-        init_from="", kl_weight=1e-4, random_init=False,
-        # stage 3 (adversarial): see aapt_jax/train/adversarial.py
-        forcing="student", segment_frames=0, overlap=2, extensions=0, r_sigma=0.1, r_lambda=1000.0,
-        disc_init_from="", disc_layers=(-3, -1), disc_head_dim=64, disc_lr=0.0, rms_decay=0.9, max_logit=1e3,
-    ))
-    defaults = dict(STAGE_DEFAULTS[stage])
-    c.train.stage = defaults.pop("stage", stage)  # a phase of a stage trains that stage
-    c.data.latent_frames = defaults.pop("latent_frames", c.data.latent_frames)
-    c.train.update(defaults)
+    # The train defaults (aapt_jax/train/config.py) are this world's; a phase of a stage
+    # trains that stage ("stage" in its defaults).
+    phase = dict(STAGE_DEFAULTS[stage])
+    c.data.latent_frames = phase.pop("latent_frames", c.data.latent_frames)
+    c.train = train_fields(**{"stage": stage, **phase})
     return c

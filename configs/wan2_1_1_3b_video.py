@@ -30,6 +30,7 @@ otherwise; the paper's batch sizes (256) need many GPUs, ``train.batch_size`` is
 
 from ml_collections import ConfigDict
 
+from aapt_jax.train.config import train_fields
 from configs import wan2_1_t2v_1_3b
 
 # The paper attends N = 30 latent frames = 5 s at 24 fps at 736x416 (the 480p class by
@@ -64,6 +65,27 @@ STAGE_DEFAULTS = {
 }
 
 
+# What differs from the train defaults (aapt_jax/train/config.py, the tiny world's).
+TRAIN = dict(
+    batch_size=8,
+    # Not in the paper: a short warmup so the first updates of the new input channels
+    # (random init) do not jolt the pretrained blocks.
+    warmup_steps=100,
+    # Previews during training (multi-step samples of stage 1): Wan's T2V shift 5.
+    sample_steps=20,
+    checkpoint_every=500, sample_every=1000,
+    # train.init_from: stage 1: the diffusers-format transformer directory (config.json +
+    # safetensors shards, e.g. WAN/transformer, converted from Wan's original release by
+    # diffusers); stage 2: the adapt workdir; stage 3: the distill workdir.
+    kl_weight=0.0,  # the VAE is pretrained; no 'vae' stage here
+    # Stage 3: the extension segments overlap by 1 s = 4 latent frames at 16 fps.
+    overlap=4,
+    # Not in the paper (it says only that logit layers are inserted): three heads spread
+    # over the 30 blocks so the discriminator reads features of several depths.
+    disc_layers=(12, 21, 29), disc_head_dim=256,
+)
+
+
 def get_config(stage: str = "adapt") -> ConfigDict:
     """``--config=configs/wan2_1_1_3b_video.py:STAGE`` picks the stage and its defaults."""
     if stage not in STAGE_DEFAULTS:
@@ -86,32 +108,9 @@ def get_config(stage: str = "adapt") -> ConfigDict:
                              num_examples=100_000, seed=0, folder="", text_len=c.model.text_len,
                              text_dim=c.model.text_dim, text_embedding="zeros"))
     c.sample = ConfigDict(dict(num_frames=4 * WINDOW, batch=1, seed=0))  # 20 s: past the window
-    c.train = ConfigDict(dict(
-        stage=stage, steps=20_000, batch_size=8, optimizer="adamw", lr=1e-5, weight_decay=0.01, grad_clip=1.0,
-        # Not in the paper: a short warmup so the first updates of the new input channels
-        # (random init) do not jolt the pretrained blocks.
-        warmup_steps=100,
-        shift=24.0, distill_steps=32,
-        # Previews during training (multi-step samples of stage 1): Wan's T2V shift 5.
-        sample_steps=20, sample_shift=5.0,
-        checkpoint_every=500, keep_checkpoints=3, restore_step=0, log_every=10, sample_every=1000, seed=0,
-        # Stage 1: the diffusers-format transformer directory (config.json + safetensors
-        # shards, e.g. WAN/transformer, converted from Wan's original release by diffusers);
-        # stage 2: the adapt workdir; stage 3: the distill workdir.
-        init_from="",
-        kl_weight=0.0,  # the VAE is pretrained; no 'vae' stage here
-        random_init=False,
-        # Stage 3 (aapt_jax/train/adversarial.py): student forcing over one 5 s clip; the
-        # extension segments overlap by 1 s = 4 latent frames at 16 fps.
-        forcing="student", segment_frames=0, overlap=4, extensions=0, r_sigma=0.1, r_lambda=1000.0,
-        # Not in the paper (it says only that logit layers are inserted): three heads spread
-        # over the 30 blocks so the discriminator reads features of several depths.
-        disc_init_from="", disc_layers=(12, 21, 29), disc_head_dim=256, disc_lr=0.0, rms_decay=0.9, max_logit=1e3,
-    ))
-    defaults = dict(STAGE_DEFAULTS[stage])
-    c.train.stage = defaults.pop("stage", stage)  # a phase of a stage trains that stage
-    c.data.latent_frames = defaults.pop("latent_frames", c.data.latent_frames)
-    c.train.update(defaults)
+    phase = dict(STAGE_DEFAULTS[stage])
+    c.data.latent_frames = phase.pop("latent_frames", c.data.latent_frames)
+    c.train = train_fields(**{"stage": stage, **phase}, **TRAIN)
     # FSDP over all devices (the paper shards with FSDP/ZeRO).
     c.mesh = ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
     return c

@@ -64,24 +64,15 @@ class AdversarialConfig:
     r_lambda: float = 1000.0
 
     def check(self, clip_frames: int) -> None:
-        """ValueErrors naming the field, before anything compiles. ``clip_frames``: the
-        latent frames after the first in each data clip."""
-        if self.forcing not in FORCING:
-            raise ValueError(f"train.forcing: expected one of {FORCING}, got {self.forcing!r}")
+        """The fields against the data clips (``clip_frames``: the latent frames after the
+        first in each clip), before anything compiles; each field alone is checked by
+        :class:`aapt_jax.train.config.TrainConfig`. ValueErrors naming the field."""
         if not 1 <= self.segment_frames <= clip_frames:
             raise ValueError(f"train.segment_frames: expected 1..{clip_frames} (the data clips' latent frames after "
                              f"the first, data.latent_frames), got {self.segment_frames}")
-        if self.extensions < 0:
-            raise ValueError(f"train.extensions: expected >= 0, got {self.extensions}")
         if self.extensions and not 0 <= self.overlap < self.segment_frames:
             raise ValueError(f"train.overlap: expected 0 <= overlap < segment_frames ({self.segment_frames}), "
                              f"got {self.overlap}")
-        if self.extensions and self.forcing != "student":
-            raise ValueError("train.extensions: long-video training generates autoregressively; it needs "
-                             f"forcing='student', got {self.forcing!r}")
-        if not (self.r_sigma > 0 and self.r_lambda >= 0):
-            raise ValueError(f"train.r_sigma/r_lambda: expected sigma > 0 and lambda >= 0, got "
-                             f"{self.r_sigma}, {self.r_lambda}")
 
     @property
     def segments(self) -> int:

@@ -32,6 +32,7 @@ from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.files import WorkdirLock, atomic_write_json
 from aapt_jax.io.video import unit_to_frames, write_mp4
 from aapt_jax.train import stages
+from aapt_jax.train.config import train_config
 from aapt_jax.train.optim import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def train(config: ConfigDict, workdir: str) -> dict:
 
 
 def _train_locked(config: ConfigDict, workdir: str) -> dict:
-    tc = config.train
+    tc = train_config(config)
     stage = stages.build(config)                    # validates before any compile
     source = make_source(config.data)
     tx, schedule = stage.optimizer or make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay,

@@ -43,7 +43,8 @@ from aapt_jax.model.vae_config import get_vae_config
 from aapt_jax.sample import flow_sampler
 from aapt_jax.sample.streaming import init_state, rollout_frames
 from aapt_jax.train import adversarial, objectives
-from aapt_jax.train.optim import make_adversarial_optimizer, make_optimizer
+from aapt_jax.train.config import TrainConfig, train_config
+from aapt_jax.train.optim import make_adversarial_optimizer
 
 STAGES = ("vae", "base", "adapt", "distill", "adversarial")
 # A generator's export may start a later stage; an adversarial run may continue another
@@ -79,9 +80,9 @@ def _pure(state):
     return nnx.to_pure_dict(state)
 
 
-def _vae(config: ConfigDict, trainable: bool):
-    if trainable or config.train.random_init:
-        return load_vae(config.vae.preset, "", seed=config.train.seed, allow_random=True)
+def _vae(config: ConfigDict, tc: TrainConfig, trainable: bool):
+    if trainable or tc.random_init:
+        return load_vae(config.vae.preset, "", seed=tc.seed, allow_random=True)
     return load_vae(config.vae.preset, config.vae.checkpoint)
 
 
@@ -124,42 +125,35 @@ def _decode(vcfg, vae_graphdef, vae_params, latents):
                                              vae_lib.denormalize_latents(vcfg, latents)), -1.0, 1.0)
 
 
-def check_config(config: ConfigDict) -> None:
+def check_config(config: ConfigDict) -> TrainConfig:
     """Every check of a stage's config that reads no file: run for each stage of a pipeline
-    before the first one trains. ValueError naming the field, what was expected and given."""
-    name = config.train.stage
+    before the first one trains. ValueError naming the field, what was expected and given.
+    Returns the validated train section."""
+    configs.check_common(config)
+    tc = train_config(config)
+    name = tc.stage
     if name not in STAGES:
         raise ValueError(f"train.stage: expected one of {STAGES}, got {name!r}")
-    tc = config.train
-    for field in ("steps", "batch_size", "checkpoint_every", "log_every"):
-        if isinstance(tc[field], bool) or not isinstance(tc[field], int) or tc[field] < 1:
-            raise ValueError(f"train.{field}: expected a positive int, got {tc[field]!r}")
-    configs.check_common(config)
     check_data_geometry(config, get_vae_config(config.vae.preset))
     data = validate_data_config(config.data)
     if name == "vae" and data["source"] == "latents":
         raise ValueError("data.source: the vae stage trains on pixels; expected a video source, got 'latents'")
-    if name == "adversarial":
-        make_adversarial_optimizer(tc)
-    else:
-        make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip,
-                       warmup_steps=tc.warmup_steps)
     if name == "vae":
-        return
+        return tc
     cfg = configs.model_config(config)
     check_control_source(data, configs.control_config(config).kind)
     if name == "adversarial":
         adversarial_config(config).check(config.data.latent_frames)
-        DiscriminatorConfig(layers=tuple(tc.disc_layers), head_dim=tc.disc_head_dim).resolved_layers(cfg.num_layers)
+        DiscriminatorConfig(layers=tc.disc_layers, head_dim=tc.disc_head_dim).resolved_layers(cfg.num_layers)
+    return tc
 
 
 def build(config: ConfigDict) -> Stage:
     """Validate the config and build the stage (no compilation happens here)."""
-    check_config(config)
-    name = config.train.stage
-    vcfg, vae_graphdef, vae_params = _vae(config, trainable=(name == "vae"))
+    tc = check_config(config)
+    name = tc.stage
+    vcfg, vae_graphdef, vae_params = _vae(config, tc, trainable=(name == "vae"))
     check_data_geometry(config, vcfg)
-    tc = config.train
     if name == "vae":
         return _vae_stage(config, vcfg, vae_graphdef, vae_params)
 
@@ -193,7 +187,7 @@ def build(config: ConfigDict) -> Stage:
         params = _pure(params)
     else:
         graphdef, _ = abstract_model(cfg)
-        params, _ = load_generator(config.train.init_from, cfg, stages=NEEDS_INIT[name], seed=tc.seed,
+        params, _ = load_generator(tc.init_from, cfg, stages=NEEDS_INIT[name], seed=tc.seed,
                                    field="train.init_from")
 
     if name == "adapt":
@@ -240,7 +234,7 @@ def _one_step_sampler(graphdef, encode, decode, params_of=lambda p: p):
 
 
 def adversarial_config(config: ConfigDict) -> adversarial.AdversarialConfig:
-    tc = config.train
+    tc = train_config(config)
     return adversarial.AdversarialConfig(
         forcing=tc.forcing, segment_frames=tc.segment_frames or config.data.latent_frames, overlap=tc.overlap,
         extensions=tc.extensions, r_sigma=tc.r_sigma, r_lambda=tc.r_lambda)
@@ -267,10 +261,10 @@ def _norm_field(v):
 
 
 def _adversarial_stage(config, cfg, graphdef, g_params, encode, decode, vae_params, info) -> Stage:
-    tc = config.train
+    tc = train_config(config)
     acfg = adversarial_config(config)
     acfg.check(config.data.latent_frames)
-    dcfg = DiscriminatorConfig(layers=tuple(tc.disc_layers), head_dim=tc.disc_head_dim)
+    dcfg = DiscriminatorConfig(layers=tc.disc_layers, head_dim=tc.disc_head_dim)
     dcfg.resolved_layers(cfg.num_layers)
     d_graphdef, d_state = nnx.split(Discriminator(cfg, dcfg, rngs=nnx.Rngs(tc.seed + 1)))
     d_params = _pure(d_state)
@@ -304,7 +298,7 @@ def _adversarial_stage(config, cfg, graphdef, g_params, encode, decode, vae_para
 
 
 def _vae_stage(config, vcfg, graphdef, params) -> Stage:
-    tc = config.train
+    tc = train_config(config)
 
     def loss(params, frozen, batch, key):
         video = frames_to_unit(batch["video"])

@@ -1,0 +1,142 @@
+"""The ``train`` section of an experiment config, typed and validated in one place.
+
+An experiment config keeps ``train`` as an ml_collections ConfigDict holding every field
+below (so ``--config.train.lr=1e-4`` overrides any of them); :func:`train_fields` writes it
+from the fields that differ from the defaults, and the library reads it back through
+:func:`train_config`. The defaults are the tiny CPU world's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+from ml_collections import ConfigDict
+
+from aapt_jax.fields import suggestions
+from aapt_jax.train.adversarial import FORCING
+from aapt_jax.train.optim import OPTIMIZERS
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One stage's training run. ``stage`` names an entry of :data:`aapt_jax.train.stages.STAGES`."""
+
+    stage: str = "base"
+    steps: int = 300
+    batch_size: int = 2
+    seed: int = 0
+    # Optimizer: AdamW (stages 0-2) or RMSProp (stage 3); linear warmup; global-norm clipping (0 = off).
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    warmup_steps: int = 20
+    # Flow matching: timestep shift of the training noise, consistency-distillation grid.
+    shift: float = 24.0
+    distill_steps: int = 32
+    # Multi-step previews (stage 0 and 1 samples) and the drift evaluation of stage 1.
+    sample_steps: int = 16
+    sample_shift: float = 5.0
+    # Checkpoints, logs and sample videos (every N steps; sample_every 0 = none).
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    restore_step: int = 0  # 0 = the latest
+    log_every: int = 10
+    sample_every: int = 0
+    # Where the weights start: the previous stage's workdir (or a diffusers transformer for
+    # stage 1); random_init skips it (throughput benchmarks).
+    init_from: str = ""
+    random_init: bool = False
+    kl_weight: float = 1e-4  # the vae stage's KL term
+    # Stage 3 (aapt_jax/train/adversarial.py): forcing, segments and the aR1/aR2 regularizer
+    # (segment_frames 0 = data.latent_frames).
+    forcing: str = "student"
+    segment_frames: int = 0
+    overlap: int = 2
+    extensions: int = 0
+    r_sigma: float = 0.1
+    r_lambda: float = 1000.0
+    # Stage 3's discriminator: backbone from this stage 1 workdir, logit heads after these
+    # blocks (negative: from the end), its lr (0 = lr), RMSProp alpha, divergence bound.
+    disc_init_from: str = ""
+    disc_layers: tuple[int, ...] = (-3, -1)
+    disc_head_dim: int = 64
+    disc_lr: float = 0.0
+    rms_decay: float = 0.9
+    max_logit: float = 1e3
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), f.default)
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints", "distill_steps",
+                     "sample_steps", "disc_head_dim"):
+            _need(name, getattr(self, name) >= 1, "a positive int", getattr(self, name))
+        for name in ("seed", "warmup_steps", "restore_step", "sample_every", "segment_frames", "overlap",
+                     "extensions"):
+            _need(name, getattr(self, name) >= 0, "an int >= 0", getattr(self, name))
+        for name in ("weight_decay", "grad_clip", "kl_weight", "disc_lr"):
+            _need(name, getattr(self, name) >= 0, "a finite float >= 0", getattr(self, name))
+        for name in ("lr", "shift", "sample_shift", "max_logit"):
+            _need(name, getattr(self, name) > 0, "> 0", getattr(self, name))
+        _need("optimizer", self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}", self.optimizer)
+        _need("rms_decay", 0 < self.rms_decay < 1, "a float in (0, 1)", self.rms_decay)
+        _need("forcing", self.forcing in FORCING, f"one of {FORCING}", self.forcing)
+        if self.extensions and self.forcing != "student":
+            raise ValueError("train.extensions: long-video training generates autoregressively; it needs "
+                             f"forcing='student', got {self.forcing!r}")
+        if not (self.r_sigma > 0 and self.r_lambda >= 0):
+            raise ValueError(f"train.r_sigma/r_lambda: expected sigma > 0 and lambda >= 0, got "
+                             f"{self.r_sigma}, {self.r_lambda}")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> "TrainConfig":
+        """From a dict or ConfigDict; unknown fields are refused, naming the nearest one."""
+        items = mapping.to_dict() if hasattr(mapping, "to_dict") else dict(mapping)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(items) - set(names))
+        if unknown:
+            raise ValueError(f"train: unknown field(s) {unknown}{suggestions(unknown, names)}; "
+                             f"expected a subset of {sorted(names)}")
+        if isinstance(items.get("disc_layers"), list):
+            items["disc_layers"] = tuple(items["disc_layers"])
+        return cls(**items)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_config_dict(self) -> ConfigDict:
+        return ConfigDict(dataclasses.asdict(self))
+
+
+def train_fields(**changes) -> ConfigDict:
+    """``config.train`` of an experiment config: every field, the defaults updated by
+    ``changes`` (validated now, and again when a run reads it)."""
+    return TrainConfig.from_mapping(changes).to_config_dict()
+
+
+def train_config(config: ConfigDict) -> TrainConfig:
+    """The validated ``train`` section of an experiment config."""
+    return TrainConfig.from_mapping(config.train)
+
+
+def _need(name: str, ok: bool, expected: str, value) -> None:
+    if not ok:
+        raise ValueError(f"train.{name}: expected {expected}, got {value!r}")
+
+
+def _check_type(name: str, value, default) -> None:
+    """Each field has its default's type (an int is a fine float; a bool is no number)."""
+    if isinstance(default, bool):
+        _need(name, isinstance(value, bool), "a bool", value)
+    elif isinstance(default, int):
+        _need(name, isinstance(value, int) and not isinstance(value, bool), "an int", value)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        _need(name, ok, "a finite number", value)
+    elif isinstance(default, str):
+        _need(name, isinstance(value, str), "a string", value)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        _need(name, ok and len(value) >= 1, "a tuple of ints", value)
