@@ -18,6 +18,8 @@ from aapt_jax.fields import suggestions
 from aapt_jax.train.adversarial import FORCING
 from aapt_jax.train.optim import OPTIMIZERS
 
+VAE_POSTERIORS = ("sample", "mean")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -50,6 +52,11 @@ class TrainConfig:
     init_from: str = ""
     random_init: bool = False
     kl_weight: float = 1e-4  # the vae stage's KL term
+    # What the vae stage's decoder learns from: a posterior sample ("sample", a VAE as Wan's)
+    # or the posterior mean ("mean": what every generator stage encodes with, and what
+    # diffusers' Wan pipelines take, mode/argmax). With a small KL weight the sample's noise
+    # (std 1 at init) swamps the latents for hundreds of steps; "mean" learns at once.
+    vae_posterior: str = "sample"
     # Stage 3 (aapt_jax/train/adversarial.py): forcing, segments and the aR1/aR2 regularizer
     # (segment_frames 0 = data.latent_frames).
     forcing: str = "student"
@@ -81,6 +88,7 @@ class TrainConfig:
         for name in ("lr", "shift", "sample_shift", "max_logit"):
             _need(name, getattr(self, name) > 0, "> 0", getattr(self, name))
         _need("optimizer", self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}", self.optimizer)
+        _need("vae_posterior", self.vae_posterior in VAE_POSTERIORS, f"one of {VAE_POSTERIORS}", self.vae_posterior)
         _need("rms_decay", 0 < self.rms_decay < 1, "a float in (0, 1)", self.rms_decay)
         _need("forcing", self.forcing in FORCING, f"one of {FORCING}", self.forcing)
         if self.extensions and self.forcing != "student":
