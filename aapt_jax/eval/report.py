@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from aapt_jax.data.geometry import check_data_geometry
 from aapt_jax.eval.drift import METRICS, drift_report
-from aapt_jax.eval.rollout import (STAGE_SAMPLERS, WORLDS, DriftRollout, check_generator_export, eval_path,
-                                   eval_text, load_generator_export, vae_reconstruction)
+from aapt_jax.eval.rollout import (WORLDS, DriftRollout, check_generator_export, eval_path, eval_text,
+                                   load_generator_export, sampler_of_stage, vae_reconstruction)
 from aapt_jax.io.vae_source import load_vae
 from aapt_jax.io.video import write_mp4
 
@@ -83,7 +83,7 @@ def check_args(config: ConfigDict, vae: str, models: str, seconds: str, paths: i
     checked = {}
     for name, workdir in parse_models(models).items():
         info, cfg = check_generator_export(workdir, config, field=f"--models ({name})")
-        checked[name] = (workdir, info["stage"], STAGE_SAMPLERS[info["stage"]], cfg)
+        checked[name] = (workdir, info["stage"], sampler_of_stage(info["stage"]), cfg)
     return {"models": checked, "seconds": parsed_seconds,
             "latent_frames": int(parsed_seconds[-1] * fps) // temporal}
 

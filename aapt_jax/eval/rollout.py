@@ -10,8 +10,8 @@ The generator starts from the VAE encoding of the path's first true frame (norma
 latents, as the training stages see them) and follows the path's camera controls for
 ``K`` latent frames; the latents are decoded by the causal VAE's streaming decoder, one
 latent frame at a time, so memory stays bounded however long the video is. Which sampler
-runs follows the stage recorded in the export (:data:`STAGE_SAMPLERS`, the one place that
-maps stage names to samplers): the stage 1 diffusion model uses the multi-step
+runs follows the stage recorded in the export (its ``sampler`` in
+:data:`aapt_jax.train.stages.STAGES`, the one table of stages): the stage 1 diffusion model uses the multi-step
 :func:`~aapt_jax.sample.flow_sampler.sample_long`, the one-step generators the KV-cache
 streaming sampler.
 """
@@ -41,20 +41,16 @@ from aapt_jax.model.controls import control_maps
 from aapt_jax.model.dit import abstract_model
 from aapt_jax.sample.flow_sampler import sample_long
 from aapt_jax.sample.streaming import check_control, check_inputs, init_state, rollout_frames, rollout_noise
+from aapt_jax.train.stages import MULTISTEP, ONESTEP, STAGES, generator_stages
 
-MULTISTEP, ONESTEP = "multistep", "onestep"
-# Stage recorded in a generator export -> how it samples. Stage 1 ('adapt') is a diffusion
-# model (multi-step, teacher-forced context); the post-trained stages generate a latent
-# frame in one forward pass through the KV cache.
-STAGE_SAMPLERS = {"adapt": MULTISTEP, "distill": ONESTEP, "adversarial": ONESTEP}
 WORLDS = ("heldout", "training")
 
 
 def sampler_of_stage(stage: str, field: str = "stage") -> str:
     """:data:`MULTISTEP` or :data:`ONESTEP` for a generator stage; ValueError otherwise."""
-    if stage not in STAGE_SAMPLERS:
-        raise ValueError(f"{field}: expected a generator stage, one of {sorted(STAGE_SAMPLERS)}, got {stage!r}")
-    return STAGE_SAMPLERS[stage]
+    if stage not in generator_stages():
+        raise ValueError(f"{field}: expected a generator stage, one of {sorted(generator_stages())}, got {stage!r}")
+    return STAGES[stage].sampler
 
 
 def check_generator_export(workdir: str, config: ConfigDict, field: str = "workdir") -> tuple[dict, DiTConfig]:
@@ -72,9 +68,9 @@ def check_generator_export(workdir: str, config: ConfigDict, field: str = "workd
     except ckpt.CheckpointError as e:
         raise ValueError(f"{field}: {e}") from e
     stage = info.get("stage")
-    if stage not in STAGE_SAMPLERS or "model" not in info:
+    if stage not in generator_stages() or "model" not in info:
         raise ValueError(f"{field}: {workdir} holds a {stage!r} stage, expected a generator stage, one of "
-                         f"{sorted(STAGE_SAMPLERS)}")
+                         f"{sorted(generator_stages())}")
     want = configs.model_config(config)
     recorded = DiTConfig.from_mapping(info["model"])
     if not recorded.causal:
@@ -134,7 +130,7 @@ class Generator:
 def load_generator_export(workdir: str, config: ConfigDict, field: str = "workdir") -> Generator:
     """Load a generator export (see :func:`check_generator_export` for the config it runs with)."""
     info, cfg = check_generator_export(workdir, config, field)
-    params, stage = load_generator(workdir, cfg, stages=tuple(STAGE_SAMPLERS), field=field)
+    params, stage = load_generator(workdir, cfg, stages=generator_stages(), field=field)
     graphdef, _ = abstract_model(cfg)
     return Generator(workdir, stage, sampler_of_stage(stage, field), cfg, graphdef, params)
 

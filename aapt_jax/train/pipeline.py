@@ -18,12 +18,12 @@ from ml_collections import ConfigDict
 from aapt_jax.fields import suggestions
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.train.loop import train
-from aapt_jax.train.stages import check_config
+from aapt_jax.train.stages import STAGES, check_config
 
-PIPELINE = ("vae", "base", "adapt", "distill", "adversarial")
-# stage -> (train.init_from, train.disc_init_from) stage names
-STARTS_FROM = {"base": ("", ""), "adapt": ("base", ""), "distill": ("adapt", ""),
-               "adversarial": ("distill", "adapt")}
+# The chain in order (aapt_jax.train.stages.STAGES); each stage starts from the first stage
+# its init_from (and disc_init_from) names.
+PIPELINE = tuple(STAGES)
+VAE_STAGE = next(name for name, spec in STAGES.items() if spec.trains_vae)  # every other stage encodes with it
 
 
 def stage_config(get_config: Callable[[str], ConfigDict], stage: str, workdir: str,
@@ -34,12 +34,12 @@ def stage_config(get_config: Callable[[str], ConfigDict], stage: str, workdir: s
     stage lacks are an error, naming the field).
     """
     c = get_config(stage)
-    if stage != "vae":
-        c.vae.checkpoint = os.path.join(workdir, "vae")
-        init, disc = STARTS_FROM[stage]
-        c.train.init_from = os.path.join(workdir, init) if init else ""
-        if disc:
-            c.train.disc_init_from = os.path.join(workdir, disc)
+    spec = STAGES[stage]
+    if not spec.trains_vae:
+        c.vae.checkpoint = os.path.join(workdir, VAE_STAGE)
+        c.train.init_from = os.path.join(workdir, spec.init_from[0]) if spec.init_from else ""
+        if spec.disc_init_from:
+            c.train.disc_init_from = os.path.join(workdir, spec.disc_init_from[0])
     for dotted, value in (overrides or {}).items():
         *path, leaf = dotted.split(".")
         target = c

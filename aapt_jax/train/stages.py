@@ -1,5 +1,9 @@
 """The training stages, each as: initial params, frozen inputs, a loss and a sampler.
 
+:data:`STAGES` (at the end) is the one table of the chain: each stage's builder, what it
+starts from and which sampler evaluates it; the pipeline, the loop and the drift
+evaluation read it.
+
 =========  ================================================  ===========================
 stage      trains                                            starts from
 =========  ================================================  ===========================
@@ -32,10 +36,11 @@ from aapt_jax import configs
 from aapt_jax.data.geometry import check_data_geometry
 from aapt_jax.data.sources import check_control_source, validate_data_config
 from aapt_jax.io import checkpoint as ckpt
-from aapt_jax.io.vae_source import load_vae
 from aapt_jax.io.generator_source import load_generator
+from aapt_jax.io.vae_source import load_vae
 from aapt_jax.io.video import frames_to_unit
 from aapt_jax.model import vae as vae_lib
+from aapt_jax.model.config import DiTConfig
 from aapt_jax.model.controls import control_maps
 from aapt_jax.model.discriminator import Discriminator, DiscriminatorConfig
 from aapt_jax.model.dit import abstract_model, create
@@ -46,12 +51,10 @@ from aapt_jax.train import adversarial, objectives
 from aapt_jax.train.config import TrainConfig, train_config
 from aapt_jax.train.optim import make_adversarial_optimizer
 
-STAGES = ("vae", "base", "adapt", "distill", "adversarial")
-# A generator's export may start a later stage; an adversarial run may continue another
-# (e.g. long-video training after student forcing), and an adapt run another (a later
-# phase of the paper's adaptation curriculum, on longer clips).
-NEEDS_INIT = {"adapt": ("base", "adapt"), "distill": ("adapt",), "adversarial": ("distill", "adversarial")}
-DISC_INIT = ("adapt",)
+# How the drift evaluation streams a generator stage's export (aapt_jax.eval.rollout):
+# stage 1 is a diffusion model (multi-step, teacher-forced context); the post-trained
+# stages generate a latent frame in one forward pass through the KV cache.
+MULTISTEP, ONESTEP = "multistep", "onestep"
 # Fields that must agree between the generator and a discriminator checkpoint.
 ARCHITECTURE = ("num_layers", "num_heads", "head_dim", "ffn_dim", "latent_channels", "patch_size", "text_dim",
                 "freq_dim", "causal", "recycle_input", "control_channels")
@@ -133,12 +136,12 @@ def check_config(config: ConfigDict) -> TrainConfig:
     tc = train_config(config)
     name = tc.stage
     if name not in STAGES:
-        raise ValueError(f"train.stage: expected one of {STAGES}, got {name!r}")
+        raise ValueError(f"train.stage: expected one of {tuple(STAGES)}, got {name!r}")
     check_data_geometry(config, get_vae_config(config.vae.preset))
     data = validate_data_config(config.data)
-    if name == "vae" and data["source"] == "latents":
+    if STAGES[name].trains_vae and data["source"] == "latents":
         raise ValueError("data.source: the vae stage trains on pixels; expected a video source, got 'latents'")
-    if name == "vae":
+    if STAGES[name].trains_vae:
         return tc
     cfg = configs.model_config(config)
     check_control_source(data, configs.control_config(config).kind)
@@ -151,74 +154,104 @@ def check_config(config: ConfigDict) -> TrainConfig:
 def build(config: ConfigDict) -> Stage:
     """Validate the config and build the stage (no compilation happens here)."""
     tc = check_config(config)
-    name = tc.stage
-    vcfg, vae_graphdef, vae_params = _vae(config, tc, trainable=(name == "vae"))
-    check_data_geometry(config, vcfg)
-    if name == "vae":
-        return _vae_stage(config, vcfg, vae_graphdef, vae_params)
+    spec = STAGES[tc.stage]
+    vae = _vae(config, tc, trainable=spec.trains_vae)
+    check_data_geometry(config, vae[0])
+    return spec.build(config, tc, vae)
 
-    cfg = configs.model_config(config)
-    encode = make_encoder(config, vcfg, vae_graphdef)
-    decode = lambda vp, z: _decode(vcfg, vae_graphdef, vp, z)  # noqa: E731
-    info = dict(stage=name, model=cfg.replace(causal=(name != "base"),
-                                              control_channels=0 if name == "base" else cfg.control_channels).to_dict(),
-                vae_preset=config.vae.preset, vae_checkpoint=config.vae.checkpoint,
-                control=config.control.to_dict())
 
-    if name == "base":
-        base = cfg.replace(causal=False, control_channels=0)
-        graphdef, params = create(base, tc.seed)
+@dataclasses.dataclass(frozen=True)
+class _DiTInputs:
+    """What every DiT stage is built from: the generator's config, the frozen VAE's encode
+    (batch -> latents, text, controls) and decode (latents -> pixels), the export's info."""
+    config: ConfigDict
+    tc: TrainConfig
+    cfg: DiTConfig
+    encode: Callable
+    decode: Callable
+    vae_params: Any
 
-        def loss(params, frozen, batch, key):
-            latents, text, _ = encode(frozen["vae"], batch)
-            return objectives.base_flow_loss(nnx.merge(graphdef, params), latents, text, key, shift=tc.shift)
+    def info(self, name: str, model: DiTConfig) -> dict:
+        return dict(stage=name, model=model.to_dict(), vae_preset=self.config.vae.preset,
+                    vae_checkpoint=self.config.vae.checkpoint, control=self.config.control.to_dict())
 
-        def sample(params, frozen, batch, key):
-            latents, text, _ = encode(frozen["vae"], batch)
-            eps = jax.random.normal(key, latents.shape)
-            fake = flow_sampler.sample_clip(nnx.merge(graphdef, params), eps, text, num_steps=tc.sample_steps,
-                                            shift=tc.sample_shift)
-            return decode(frozen["vae"], latents), decode(frozen["vae"], fake)
-
-        return Stage(name, graphdef, _pure(params), {"vae": vae_params}, loss, sample, info)
-
-    if tc.random_init:  # throughput benchmarks: no previous stage needed
-        graphdef, params = create(cfg, tc.seed)
-        params = _pure(params)
-    else:
-        graphdef, _ = abstract_model(cfg)
-        params, _ = load_generator(tc.init_from, cfg, stages=NEEDS_INIT[name], seed=tc.seed,
+    def generator(self, name: str):
+        """(graphdef, params) the stage starts from: the export in ``train.init_from`` (one of
+        the stages it may start from), or random weights with ``train.random_init``."""
+        if self.tc.random_init:  # throughput benchmarks: no previous stage needed
+            graphdef, params = create(self.cfg, self.tc.seed)
+            return graphdef, _pure(params)
+        graphdef, _ = abstract_model(self.cfg)
+        params, _ = load_generator(self.tc.init_from, self.cfg, stages=STAGES[name].init_from, seed=self.tc.seed,
                                    field="train.init_from")
+        return graphdef, params
 
-    if name == "adapt":
-        def loss(params, frozen, batch, key):
-            latents, text, controls = encode(frozen["vae"], batch)
-            return objectives.adaptation_loss(nnx.merge(graphdef, params), latents, text, controls, key,
-                                              shift=tc.shift)
 
-        def sample(params, frozen, batch, key):
-            latents, text, controls = encode(frozen["vae"], batch)
-            fake = flow_sampler.sample_autoregressive(
-                nnx.merge(graphdef, params), latents[:, :1], text, controls, key, num_frames=latents.shape[1] - 1,
-                num_steps=tc.sample_steps, shift=tc.sample_shift)
-            return decode(frozen["vae"], latents), decode(frozen["vae"], jnp.concatenate([latents[:, :1], fake], 1))
+def _dit_inputs(config: ConfigDict, tc: TrainConfig, vae) -> _DiTInputs:
+    vcfg, vae_graphdef, vae_params = vae
+    return _DiTInputs(config, tc, configs.model_config(config), make_encoder(config, vcfg, vae_graphdef),
+                      lambda vp, z: _decode(vcfg, vae_graphdef, vp, z), vae_params)
 
-        return Stage(name, graphdef, params, {"vae": vae_params}, loss, sample, info)
 
-    if name == "adversarial":
-        return _adversarial_stage(config, cfg, graphdef, params, encode, decode, vae_params, info)
+def _base_stage(config, tc, vae) -> Stage:
+    """Stage 0: the bidirectional flow-matching DiT, from random weights."""
+    d = _dit_inputs(config, tc, vae)
+    base = d.cfg.replace(causal=False, control_channels=0)
+    graphdef, params = create(base, tc.seed)
+    encode, decode = d.encode, d.decode
 
-    # distill: the student starts as the teacher.
+    def loss(params, frozen, batch, key):
+        latents, text, _ = encode(frozen["vae"], batch)
+        return objectives.base_flow_loss(nnx.merge(graphdef, params), latents, text, key, shift=tc.shift)
+
+    def sample(params, frozen, batch, key):
+        latents, text, _ = encode(frozen["vae"], batch)
+        eps = jax.random.normal(key, latents.shape)
+        fake = flow_sampler.sample_clip(nnx.merge(graphdef, params), eps, text, num_steps=tc.sample_steps,
+                                        shift=tc.sample_shift)
+        return decode(frozen["vae"], latents), decode(frozen["vae"], fake)
+
+    return Stage("base", graphdef, _pure(params), {"vae": d.vae_params}, loss, sample, d.info("base", base))
+
+
+def _adapt_stage(config, tc, vae) -> Stage:
+    """Stage 1: the causal generator by teacher forcing (multi-step flow matching)."""
+    d = _dit_inputs(config, tc, vae)
+    graphdef, params = d.generator("adapt")
+    encode, decode = d.encode, d.decode
+
+    def loss(params, frozen, batch, key):
+        latents, text, controls = encode(frozen["vae"], batch)
+        return objectives.adaptation_loss(nnx.merge(graphdef, params), latents, text, controls, key,
+                                          shift=tc.shift)
+
+    def sample(params, frozen, batch, key):
+        latents, text, controls = encode(frozen["vae"], batch)
+        fake = flow_sampler.sample_autoregressive(
+            nnx.merge(graphdef, params), latents[:, :1], text, controls, key, num_frames=latents.shape[1] - 1,
+            num_steps=tc.sample_steps, shift=tc.sample_shift)
+        return decode(frozen["vae"], latents), decode(frozen["vae"], jnp.concatenate([latents[:, :1], fake], 1))
+
+    return Stage("adapt", graphdef, params, {"vae": d.vae_params}, loss, sample, d.info("adapt", d.cfg))
+
+
+def _distill_stage(config, tc, vae) -> Stage:
+    """Stage 2: consistency distillation to one step; the student starts as the teacher."""
+    d = _dit_inputs(config, tc, vae)
+    graphdef, params = d.generator("distill")
+    encode = d.encode
+
     def loss(params, frozen, batch, key):
         latents, text, controls = encode(frozen["vae"], batch)
         return objectives.consistency_loss(nnx.merge(graphdef, params), nnx.merge(graphdef, frozen["teacher"]),
                                            latents, text, controls, key, num_steps=tc.distill_steps,
                                            shift=tc.shift)
 
-    sample = _one_step_sampler(graphdef, encode, decode)
+    sample = _one_step_sampler(graphdef, encode, d.decode)
     # The teacher is a copy: the student's buffers are donated to each update.
     teacher = jax.tree.map(jnp.copy, params)
-    return Stage(name, graphdef, params, {"vae": vae_params, "teacher": teacher}, loss, sample, info)
+    return Stage("distill", graphdef, params, {"vae": d.vae_params, "teacher": teacher}, loss, sample,
+                 d.info("distill", d.cfg))
 
 
 def _one_step_sampler(graphdef, encode, decode, params_of=lambda p: p):
@@ -252,7 +285,8 @@ def load_discriminator_backbone(source: str, cfg, seed: int):
             raise ValueError("train.disc_init_from: the discriminator checkpoint in " + source + " does not match the "
                              "generator's architecture: " + ", ".join(f"{f}={theirs[f]!r} (generator {mine[f]!r})"
                                                                       for f in differ))
-    params, _ = load_generator(source, cfg, stages=DISC_INIT, seed=seed, field="train.disc_init_from")
+    params, _ = load_generator(source, cfg, stages=STAGES["adversarial"].disc_init_from, seed=seed,
+                               field="train.disc_init_from")
     return params
 
 
@@ -260,8 +294,11 @@ def _norm_field(v):
     return tuple(v) if isinstance(v, (list, tuple)) else v
 
 
-def _adversarial_stage(config, cfg, graphdef, g_params, encode, decode, vae_params, info) -> Stage:
-    tc = train_config(config)
+def _adversarial_stage(config, tc, vae) -> Stage:
+    """Stage 3: the generator against a discriminator started from stage 1 (App. B, D)."""
+    d = _dit_inputs(config, tc, vae)
+    cfg, encode = d.cfg, d.encode
+    graphdef, g_params = d.generator("adversarial")
     acfg = adversarial_config(config)
     acfg.check(config.data.latent_frames)
     dcfg = DiscriminatorConfig(layers=tc.disc_layers, head_dim=tc.disc_head_dim)
@@ -287,23 +324,24 @@ def _adversarial_stage(config, cfg, graphdef, g_params, encode, decode, vae_para
         n = jax.tree.leaves(batch)[0].shape[0] // acfg.segments
         return jax.tree.map(lambda x: x[:n], batch)
 
-    one_step = _one_step_sampler(graphdef, encode, decode, params_of=lambda p: p["generator"])
+    one_step = _one_step_sampler(graphdef, encode, d.decode, params_of=lambda p: p["generator"])
     optimizer = make_adversarial_optimizer(tc)
-    info = dict(info, forcing=acfg.forcing, extensions=acfg.extensions, segment_frames=acfg.segment_frames,
+    info = dict(d.info("adversarial", cfg), forcing=acfg.forcing, extensions=acfg.extensions, segment_frames=acfg.segment_frames,
                 overlap=acfg.overlap, discriminator=dataclasses.asdict(dcfg))
-    return Stage("adversarial", graphdef, params, {"vae": vae_params},
+    return Stage("adversarial", graphdef, params, {"vae": d.vae_params},
                  loss=None, sample=lambda p, f, b, k: one_step(p, f, one_clip(b), k), info=info, grads=grads,
                  optimizer=optimizer, clips_per_example=acfg.segments,
                  export_params=lambda p: p["generator"], check_metrics=check_metrics)
 
 
-def _vae_stage(config, vcfg, graphdef, params) -> Stage:
-    tc = train_config(config)
+def _vae_stage(config, tc, vae) -> Stage:
+    """The causal VAE (reconstruction + KL); its export records the latents' statistics."""
+    _, graphdef, params = vae
 
     def loss(params, frozen, batch, key):
         video = frames_to_unit(batch["video"])
         mean, logvar = vae_lib.encode(graphdef, params, video)
-        z = vae_lib.sample_latents(mean, logvar, key)
+        z = mean if tc.vae_posterior == "mean" else vae_lib.sample_latents(mean, logvar, key)
         recon = vae_lib.decode_unclamped(graphdef, params, z)
         rec = jnp.mean(jnp.abs(recon - video)) + jnp.mean(jnp.square(recon - video))
         kl = 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
@@ -331,3 +369,35 @@ def _vae_stage(config, vcfg, graphdef, params) -> Stage:
 
     info = dict(stage="vae", vae_preset=config.vae.preset)
     return Stage("vae", graphdef, params, {}, loss, sample, info, finish)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """One link of the chain: how the stage is built, which stages' exports its
+    ``train.init_from`` (and ``train.disc_init_from``) may name, the first being the one it
+    follows in the pipeline, and how the drift evaluation streams its export."""
+    name: str
+    build: Callable[[ConfigDict, TrainConfig, tuple], Stage]  # (config, train, (vcfg, graphdef, params))
+    init_from: tuple[str, ...] = ()
+    disc_init_from: tuple[str, ...] = ()
+    sampler: str | None = None  # MULTISTEP, ONESTEP, or None: not a generator
+    trains_vae: bool = False    # the others encode with the frozen VAE of vae.checkpoint
+
+
+# The chain, in pipeline order: the one table of stages every part reads. A generator's
+# export may start a later stage; an adversarial run may continue another (long-video
+# training after student forcing), and an adapt run another (a later phase of the paper's
+# adaptation curriculum, on longer clips).
+STAGES = {spec.name: spec for spec in (
+    StageSpec("vae", _vae_stage, trains_vae=True),
+    StageSpec("base", _base_stage),
+    StageSpec("adapt", _adapt_stage, init_from=("base", "adapt"), sampler=MULTISTEP),
+    StageSpec("distill", _distill_stage, init_from=("adapt",), sampler=ONESTEP),
+    StageSpec("adversarial", _adversarial_stage, init_from=("distill", "adversarial"), disc_init_from=("adapt",),
+              sampler=ONESTEP),
+)}
+
+
+def generator_stages() -> tuple[str, ...]:
+    """The stages whose exports are streaming generators (they have a sampler)."""
+    return tuple(name for name, spec in STAGES.items() if spec.sampler)
