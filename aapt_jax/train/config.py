@@ -19,6 +19,7 @@ from aapt_jax.train.adversarial import FORCING
 from aapt_jax.train.optim import OPTIMIZERS
 
 VAE_POSTERIORS = ("sample", "mean")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     warmup_steps: int = 20
+    lr_schedule: str = "constant"  # after warmup: "constant", or "cosine" down to 5% at train.steps
     # Flow matching: timestep shift of the training noise, consistency-distillation grid.
     shift: float = 24.0
     distill_steps: int = 32
@@ -88,6 +90,7 @@ class TrainConfig:
         for name in ("lr", "shift", "sample_shift", "max_logit"):
             _need(name, getattr(self, name) > 0, "> 0", getattr(self, name))
         _need("optimizer", self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}", self.optimizer)
+        _need("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"one of {LR_SCHEDULES}", self.lr_schedule)
         _need("vae_posterior", self.vae_posterior in VAE_POSTERIORS, f"one of {VAE_POSTERIORS}", self.vae_posterior)
         _need("rms_decay", 0 < self.rms_decay < 1, "a float in (0, 1)", self.rms_decay)
         _need("forcing", self.forcing in FORCING, f"one of {FORCING}", self.forcing)

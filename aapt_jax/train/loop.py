@@ -131,8 +131,9 @@ def _train_locked(config: ConfigDict, workdir: str) -> dict:
     tc = train_config(config)
     stage = stages.build(config)                    # validates before any compile
     source = make_source(config.data)
-    tx, schedule = stage.optimizer or make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay,
-                                                     grad_clip=tc.grad_clip, warmup_steps=tc.warmup_steps)
+    tx, schedule = stage.optimizer or make_optimizer(
+        tc.optimizer, tc.lr, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip, warmup_steps=tc.warmup_steps,
+        decay_steps=tc.steps if tc.lr_schedule == "cosine" else 0)
     manager = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
     hw = (config.video.height, config.video.width)
     loader = make_loader(source, tc.batch_size * stage.clips_per_example, seed=config.data.seed,

@@ -14,13 +14,26 @@ OPTIMIZERS = ("adamw", "rmsprop")
 RMSPROP_EPS = 1e-8  # PyTorch's default
 
 
+# A cosine schedule ends at this fraction of the peak rate.
+COSINE_FINAL = 0.05
+
+
 def make_optimizer(name: str, lr: float, *, weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
-                   rms_decay: float = 0.9, grad_clip: float | None = 1.0, warmup_steps: int = 0):
+                   rms_decay: float = 0.9, grad_clip: float | None = 1.0, warmup_steps: int = 0,
+                   decay_steps: int = 0):
+    """``(transform, lr schedule)``: linear warmup over ``warmup_steps``, then constant, or with
+    ``decay_steps > 0`` a cosine decay to ``COSINE_FINAL * lr`` at step ``decay_steps``."""
     if name not in OPTIMIZERS:
         raise ValueError(f"train.optimizer: expected one of {OPTIMIZERS}, got {name!r}")
     if not lr > 0:
         raise ValueError(f"train.lr: expected > 0, got {lr}")
-    schedule = optax.linear_schedule(0.0, lr, warmup_steps) if warmup_steps else optax.constant_schedule(lr)
+    if decay_steps:
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, max(decay_steps, warmup_steps + 1),
+                                                      COSINE_FINAL * lr)
+    elif warmup_steps:
+        schedule = optax.linear_schedule(0.0, lr, warmup_steps)
+    else:
+        schedule = optax.constant_schedule(lr)
     if name == "adamw":
         opt = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay)
     else:
