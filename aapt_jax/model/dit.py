@@ -9,6 +9,15 @@ Two ways to run the same weights:
 * :meth:`WanDiT.cached_forward`: the next frame(s) only, attending to a
   :class:`~aapt_jax.model.kv_cache.KVCache` (streaming inference, student forcing).
 
+Inside the trunk the hidden states are ``[B, T, P, dim]``: ``T`` frames of ``P`` token
+slots. ``P`` is the frame's token count ``S``, except under a mesh whose ``context`` axis
+(size ``C > 1``) does not divide ``S``: then every frame carries ``P = ceil(S / C) * C``
+slots, the pad at its end, so that the tokens split evenly over ``context`` (Ulysses
+context parallelism, :mod:`aapt_jax.parallel.ulysses`). Every op but self-attention is per
+token, self-attention never sees a pad slot, and the pad is dropped before the output head
+and from returned features. Under such a mesh self-attention trades the token split for a
+head split with all-to-alls, and the KV cache is split by heads.
+
 Latents are channels-last ``[B, T, H, W, C]``. The model input of the AAPT generator at
 position ``p`` is ``concat([x_t of frame p+1, recycled frame p, control of frame p+1])``
 along channels; its output is the flow velocity ``v = eps - x0`` of frame ``p+1``.
@@ -26,7 +35,11 @@ from aapt_jax.model.config import DiTConfig
 from aapt_jax.model.layers import (AffineLayerNorm, RMSNorm, dense, gelu_tanh, layer_norm,
                                    logical, timestep_sinusoid)
 from aapt_jax.model.rope import apply_rope, rope_angles
+from aapt_jax.parallel import ulysses
 from aapt_jax.parallel.sharding import constrain
+
+# RoPE of [B, T, P, H, Dh] with angles [T, P, Dh/2]: the flat rotation, frame by frame.
+_rope_frames = jax.vmap(apply_rope, in_axes=(1, 0), out_axes=1)
 
 
 class SelfAttention(nnx.Module):
@@ -41,16 +54,16 @@ class SelfAttention(nnx.Module):
         self.norm_k = RMSNorm(inner, cfg.eps, "qkv")
 
     def qkv(self, x, angles):
-        """x ``[B, L, dim]`` -> rotated q, k and v, each ``[B, L, H, Dh]``."""
-        B, L, _ = x.shape
-        heads = lambda y: y.reshape(B, L, self.num_heads, -1)
-        q = apply_rope(heads(self.norm_q(self.to_q(x))), angles)
-        k = apply_rope(heads(self.norm_k(self.to_k(x))), angles)
+        """x ``[B, T, P, dim]`` -> rotated q, k and v, each ``[B, T, P, H, Dh]``
+        (angles ``[T, P, Dh/2]``; no reshape across the token axis, which may be split)."""
+        heads = lambda y: y.reshape(*y.shape[:-1], self.num_heads, -1)
+        q = _rope_frames(heads(self.norm_q(self.to_q(x))), angles)
+        k = _rope_frames(heads(self.norm_k(self.to_k(x))), angles)
         return q, k, heads(self.to_v(x))
 
     def out(self, o):
-        B, L = o.shape[:2]
-        return self.to_out(o.reshape(B, L, -1))
+        """o ``[B, T, P, H, Dh]`` -> ``[B, T, P, dim]``."""
+        return self.to_out(o.reshape(*o.shape[:-2], -1))
 
 
 class CrossAttention(nnx.Module):
@@ -73,10 +86,17 @@ class CrossAttention(nnx.Module):
         return k, v
 
     def __call__(self, x, k, v):
-        B, L, _ = x.shape
-        q = self.norm_q(self.to_q(x)).reshape(B, L, self.num_heads, -1)
-        o = full_attention(q, k.astype(q.dtype), v.astype(q.dtype), impl=self.impl)
-        return self.to_out(o.reshape(B, L, -1))
+        """x ``[B, T, P, dim]``, k/v ``[B, Lt, H, Dh]`` -> ``[B, T, P, dim]``."""
+        q = self.norm_q(self.to_q(x))
+        q = q.reshape(*q.shape[:-1], self.num_heads, -1)
+        k, v = k.astype(q.dtype), v.astype(q.dtype)
+        if ulysses.context_size() > 1:
+            # Token-split queries: each device attends its own tokens to the whole text.
+            o = ulysses.local_cross_attention(q, k, v, impl=self.impl)
+        else:
+            B = q.shape[0]
+            o = full_attention(q.reshape(B, -1, *q.shape[-2:]), k, v, impl=self.impl).reshape(q.shape)
+        return self.to_out(o.reshape(*o.shape[:-2], -1))
 
 
 class FeedForward(nnx.Module):
@@ -102,34 +122,38 @@ class WanBlock(nnx.Module):
             jax.random.normal(rngs.params(), (1, 6, cfg.dim), jnp.float32) / cfg.dim**0.5,
             **logical((None, None, "embed")))
 
-    def __call__(self, x, mod, text_k, text_v, angles, attend):
+    def __call__(self, x, mod, text_k, text_v, angles, attend, carry=None):
         """One block.
 
         Args:
-          x: ``[B, T, S, dim]`` hidden states of T frames of S tokens.
+          x: ``[B, T, P, dim]`` hidden states of T frames of P token slots (see the module
+            docstring).
           mod: fp32 ``[B, T or 1, 6, dim]`` timestep projection.
           text_k, text_v: ``[B, Lt, H, Dh]`` this block's text keys/values.
-          angles: ``[T*S, Dh/2]`` RoPE angles of the tokens.
-          attend: ``(q, k, v) -> o`` over ``[B, T*S, H, Dh]``: the masked self-attention
-            (it sees the cache when streaming).
+          angles: ``[T, P, Dh/2]`` RoPE angles of the token slots.
+          attend: ``(q, k, v, carry) -> (o, out)`` over ``[B, T, P, H, Dh]``: the masked
+            self-attention (it sees the cache when streaming); ``out`` is whatever it returns
+            besides ``o`` (the new keys/values, or the updated cache).
+          carry: a pytree handed to ``attend`` (the cache arrays of the Ulysses step), an
+            explicit argument so that no traced value crosses ``jax.checkpoint`` by closure
+            on its way out.
         Returns:
-          (x ``[B, T, S, dim]``, (k, v) of these tokens ``[B, T*S, H, Dh]`` for the cache).
+          (x ``[B, T, P, dim]``, ``attend``'s ``out``).
         """
-        B, T, S, D = x.shape
         shift, scale, gate, c_shift, c_scale, c_gate = jnp.split(
             self.scale_shift_table[...][:, None] + mod, 6, axis=2)  # each [B, T, 1, dim]
         h = (layer_norm(x, self.eps) * (1 + scale) + shift).astype(self.dtype)
-        q, k, v = self.attn1.qkv(h.reshape(B, T * S, D), angles)
-        o = self.attn1.out(attend(q, k, v)).reshape(B, T, S, D)
-        x = (x.astype(jnp.float32) + o * gate).astype(x.dtype)
+        q, k, v = self.attn1.qkv(h, angles)
+        o, out = attend(q, k, v, carry)
+        x = (x.astype(jnp.float32) + self.attn1.out(o) * gate).astype(x.dtype)
 
         h = x if self.norm2 is None else self.norm2(x).astype(self.dtype)
-        x = x + self.attn2(h.reshape(B, T * S, D), text_k, text_v).reshape(B, T, S, D)
+        x = x + self.attn2(h, text_k, text_v)
 
         h = (layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(self.dtype)
         y = self.ffn(h)
         x = (x.astype(jnp.float32) + y.astype(jnp.float32) * c_gate).astype(x.dtype)
-        return constrain(x, ("batch", "frames", "tokens", "embed")), (k, v)
+        return constrain(x, ("batch", "frames", "tokens", "embed")), out
 
 
 class WanDiT(nnx.Module):
@@ -220,6 +244,9 @@ class WanDiT(nnx.Module):
                              f"got {list(jnp.shape(t))}")
 
     def _input_tokens(self, x_t, recycled, control):
+        """Embedded tokens ``[B, T, P, dim]`` and ``S``, the real tokens per frame: ``P = S``,
+        or ``S`` rounded up to a multiple of the mesh's context size (zero pad slots at the
+        end of every frame; see the module docstring)."""
         self.check_inputs(x_t, recycled, control)
         parts = [x_t]
         if self.cfg.causal and self.cfg.recycle_input:
@@ -227,48 +254,75 @@ class WanDiT(nnx.Module):
         if self.cfg.control_channels:
             parts.append(control)
         x = jnp.concatenate([p.astype(jnp.dtype(self.cfg.dtype)) for p in parts], axis=-1)
-        return constrain(self.patch_embedding(self._patchify(x)), ("batch", "frames", "tokens", "embed"))
+        x = self._patchify(x)
+        S = x.shape[2]
+        slots = ulysses.padded_tokens_per_frame(S, ulysses.context_size())
+        if slots != S:
+            x = jnp.pad(x, ((0, 0), (0, 0), (0, slots - S), (0, 0)))
+        return constrain(self.patch_embedding(x), ("batch", "frames", "tokens", "embed")), S
 
     def _head(self, x, temb, H, W):
+        """Hidden ``[B, T, P, dim]`` -> velocity ``[B, T, H, W, C]``; pad slots dropped after the
+        (per-token) projection, so only the small output moves if the token split changes."""
         shift, scale = jnp.split(self.scale_shift_table[...][:, None] + temb[:, :, None], 2, axis=2)
         h = (layer_norm(x, self.cfg.eps) * (1 + scale) + shift).astype(jnp.dtype(self.cfg.dtype))
-        return self._unpatchify(self.proj_out(h), H, W)
+        S = (H // self.cfg.patch_size[1]) * (W // self.cfg.patch_size[2])
+        return self._unpatchify(self.proj_out(h)[:, :, :S], H, W)
 
-    def _angles(self, frames, H, W):
+    def _angles(self, frames, H, W, slots):
+        """RoPE angles ``[T, slots, Dh/2]`` of the given frames' tokens (zeros for pad slots)."""
         cfg = self.cfg
         pos = jnp.asarray(frames, jnp.float32) * cfg.rope_temporal_interval
-        return rope_angles(pos, H // cfg.patch_size[1], W // cfg.patch_size[2], cfg.head_dim, cfg.rope_theta)
+        hp, wp = H // cfg.patch_size[1], W // cfg.patch_size[2]
+        angles = rope_angles(pos, hp, wp, cfg.head_dim, cfg.rope_theta).reshape(pos.shape[0], hp * wp, -1)
+        return jnp.pad(angles, ((0, 0), (0, slots - hp * wp), (0, 0)))
 
     # ----- forward passes ---------------------------------------------------------------
 
-    def _run_block(self, blk, x, mod, text_k, text_v, angles, attend):
+    def _run_block(self, blk, x, mod, text_k, text_v, angles, attend, carry=None):
         """One block, rematerialized in the backward pass when ``cfg.remat`` (activation
-        memory then grows with one block's worth, not the whole stack's)."""
+        memory then grows with one block's worth, not the whole stack's). Everything the
+        block computes leaves through its return value."""
         if not self.cfg.remat:
-            return blk(x, mod, text_k, text_v, angles, attend)
+            return blk(x, mod, text_k, text_v, angles, attend, carry)
         # A pure function of the block's params: the block may belong to a model merged
         # inside an outer trace (jit/grad/scan), whose Variables remat must not mutate.
         graphdef, state = nnx.split(blk)
-        run = jax.checkpoint(lambda st, *a: nnx.merge(graphdef, st)(*a, attend))
-        return run(state, x, mod, text_k, text_v, angles)
+        run = jax.checkpoint(lambda st, x, mod, tk, tv, angles, carry:
+                             nnx.merge(graphdef, st)(x, mod, tk, tv, angles, attend, carry))
+        return run(state, x, mod, text_k, text_v, angles, carry)
+
+    @staticmethod
+    def _real(x, S):
+        """``[B, T, P, dim]`` -> the ``S`` real token slots of every frame."""
+        return x if x.shape[2] == S else x[:, :, :S]
 
     def _parallel_trunk(self, x_t, t, text, recycled, control, frame_indices, layers=()):
-        """(final hidden ``[B, T, S, dim]``, temb, hidden states after each block in ``layers``)."""
+        """(final hidden ``[B, T, P, dim]``, temb, hidden states ``[B, T, S, dim]`` after each
+        block in ``layers``)."""
         cfg = self.cfg
         self.check_inputs(x_t, recycled, control, t)
         B, T, H, W, _ = x_t.shape
-        x = self._input_tokens(x_t, recycled, control)
-        Tp, S = x.shape[1], x.shape[2]
+        x, S = self._input_tokens(x_t, recycled, control)
+        Tp, slots = x.shape[1], x.shape[2]
         contiguous = frame_indices is None
         frames = jnp.arange(Tp, dtype=jnp.int32) if contiguous else jnp.asarray(frame_indices, jnp.int32)
-        angles = self._angles(frames, H, W)
-        token_frames = jnp.repeat(frames, S)
+        angles = self._angles(frames, H, W, slots)
         window = cfg.window if cfg.causal else None
         impl = cfg.attention_impl
 
-        def attend(q, k, v):
-            return attention(q, k, v, token_frames, token_frames, window=window, impl=impl,
-                             tokens_per_frame=S, layout="parallel" if contiguous else None)
+        if ulysses.context_size() > 1:
+            def attend(q, k, v, carry):
+                return ulysses.ulysses_attention(q, k, v, tokens_per_frame=S, window=window, impl=impl,
+                                                 frame_indices=None if contiguous else frames), None
+        else:
+            token_frames = jnp.repeat(frames, S)
+
+            def attend(q, k, v, carry):
+                flat = lambda y: y.reshape(B, Tp * S, *y.shape[-2:])
+                o = attention(flat(q), flat(k), flat(v), token_frames, token_frames, window=window, impl=impl,
+                              tokens_per_frame=S, layout="parallel" if contiguous else None)
+                return o.reshape(q.shape), None
 
         temb, mod = self.embed_time(t)
         text_k, text_v = self.text_kv(text)
@@ -276,7 +330,7 @@ class WanDiT(nnx.Module):
         for i, blk in enumerate(self.blocks):
             x, _ = self._run_block(blk, x, mod, text_k[i], text_v[i], angles, attend)
             if i in layers:
-                collected.append(x)
+                collected.append(self._real(x, S))
         return x, temb, collected
 
     def __call__(self, x_t, t, text, *, recycled=None, control=None, frame_indices=None):
@@ -310,37 +364,54 @@ class WanDiT(nnx.Module):
     def _cached_trunk(self, cache: kvc.KVCache, position, x_t, t, recycled, control, layers=()):
         cfg = self.cfg
         B, F, H, W, _ = x_t.shape
-        x = self._input_tokens(x_t, recycled, control)
-        S = x.shape[2]
+        x, S = self._input_tokens(x_t, recycled, control)
+        slots = x.shape[2]
         R = cache.ring_frames
         position = jnp.asarray(position, jnp.int32)
         new_frames = position + jnp.arange(F, dtype=jnp.int32)
-        angles = self._angles(new_frames, H, W)
+        angles = self._angles(new_frames, H, W, slots)
+        temb, mod = self.embed_time(t)
+        ks, vs = cache.k, cache.v
+        collected = []
+        if ulysses.context_size() > 1:
+            # Head-sharded cache: each device attends and writes its own heads; the block takes
+            # the cache arrays in and returns them updated.
+            for i, blk in enumerate(self.blocks):
+                def attend(q, k, v, carry, layer=i):
+                    o, ck, cv = ulysses.ulysses_cached_attention(
+                        q, k, v, *carry, position, layer=layer, tokens_per_frame=S, window=cfg.window,
+                        impl=cfg.attention_impl)
+                    return o, (ck, cv)
+
+                x, (ks, vs) = self._run_block(blk, x, mod, cache.text_k[i], cache.text_v[i], angles, attend,
+                                              (ks, vs))
+                if i in layers:
+                    collected.append(self._real(x, S))
+            return cache.replace(k=ks, v=vs), x, temb, collected
         q_frames = jnp.repeat(new_frames, S)
         k_frames = jnp.concatenate([jnp.repeat(kvc.slot_frames(position, R), S), q_frames])
         layout = "decode" if F == 1 else None
         # No kernel covers several new frames against a cache (long-video training segments):
         # those calls take the dense path rather than failing under attention_impl='pallas'.
         impl = "auto" if layout is None and cfg.attention_impl == "pallas" else cfg.attention_impl
-        temb, mod = self.embed_time(t)
-        ks, vs = cache.k, cache.v
-        collected = []
         for i, blk in enumerate(self.blocks):
             past_k = cache.k[i].reshape(B, (1 + R) * S, *cache.k.shape[-2:])
             past_v = cache.v[i].reshape(B, (1 + R) * S, *cache.v.shape[-2:])
 
-            def attend(q, k, v, past_k=past_k, past_v=past_v):
-                keys = jnp.concatenate([past_k.astype(k.dtype), k], axis=1)
-                vals = jnp.concatenate([past_v.astype(v.dtype), v], axis=1)
-                return attention(q, keys, vals, q_frames, k_frames, window=cfg.window,
-                                 impl=impl, tokens_per_frame=S, layout=layout)
+            def attend(q, k, v, carry, past_k=past_k, past_v=past_v):
+                flat = lambda y: y.reshape(B, F * S, *y.shape[-2:])
+                keys = jnp.concatenate([past_k.astype(k.dtype), flat(k)], axis=1)
+                vals = jnp.concatenate([past_v.astype(v.dtype), flat(v)], axis=1)
+                o = attention(flat(q), keys, vals, q_frames, k_frames, window=cfg.window,
+                              impl=impl, tokens_per_frame=S, layout=layout)
+                return o.reshape(q.shape), (k, v)
 
             x, (k_new, v_new) = self._run_block(blk, x, mod, cache.text_k[i], cache.text_v[i], angles, attend)
             if i in layers:
                 collected.append(x)
             for f in range(F):
-                ks = kvc.write_frame(ks, i, position + f, R, k_new[:, f * S:(f + 1) * S])
-                vs = kvc.write_frame(vs, i, position + f, R, v_new[:, f * S:(f + 1) * S])
+                ks = kvc.write_frame(ks, i, position + f, R, k_new[:, f])
+                vs = kvc.write_frame(vs, i, position + f, R, v_new[:, f])
         return cache.replace(k=ks, v=vs), x, temb, collected
 
     def cached_forward(self, cache: kvc.KVCache, position, x_t, t, *, recycled=None, control=None):

@@ -109,9 +109,12 @@ def param_shardings(params: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES,
     param's path (see the module docstring)."""
 
     def one(path, var):
-        axes = var.get_metadata().get("logical_axes") or (None,) * var.value.ndim
+        # A bare array (a pure-dict state) has no logical axes: replicated.
+        is_var = isinstance(var, nnx.Variable)
+        shape = (var.get_value() if is_var else var).shape
+        axes = (var.get_metadata().get("logical_axes") if is_var else None) or (None,) * len(shape)
         what = f"param {_path_name(path)} {tuple(axes)}"
-        return NamedSharding(mesh, _fits(var.value.shape, spec(axes, rules, mesh), mesh, what=what, strict=strict))
+        return NamedSharding(mesh, _fits(shape, spec(axes, rules, mesh), mesh, what=what, strict=strict))
 
     return jax.tree_util.tree_map_with_path(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

@@ -46,27 +46,29 @@ flat ``[B, T*S, H, D]`` input with ``S % C != 0`` is re-laid out by the compiler
 call (correct, but with extra collectives). A mesh whose context axis has size 1 runs the
 same code (the all-to-alls are identities).
 
-Intended call sites in :mod:`aapt_jax.model.dit` (integration; the model is unchanged here),
-taken when the mesh's context axis is larger than 1:
+Call sites in :mod:`aapt_jax.model.dit`, taken when the active mesh's context axis is
+larger than 1 (:func:`context_size`):
 
-* ``_parallel_trunk``: ``attend(q, k, v)`` becomes ::
+* ``_parallel_trunk``: the model carries ``Sp`` token slots per frame (pad in
+  ``_input_tokens``, RoPE angles for ``Sp`` slots, the pad dropped in ``_head`` and in the
+  features it returns; every other op is per token), so a block works on ``[B, T, Sp, dim]``
+  split on ``Sp`` and self-attention is ::
 
       ulysses_attention(q, k, v, tokens_per_frame=S, window=window, impl=impl,
                         frame_indices=None if contiguous else frames)
 
-  with q, k, v ``[B, T*S, H, Dh]`` as now (mesh and rules from ``use_mesh``). Where ``C``
-  does not divide ``S`` (aapt-8B), the model should carry ``Sp`` token slots per frame
-  (pad in ``_input_tokens``, RoPE angles for ``Sp`` slots, drop the pad in ``_head``; every
-  other op is per token) and pass ``[B, T, Sp, H, Dh]``, so that only the all-to-alls move.
-* ``_cached_trunk``: the per-layer ``attend`` becomes ::
+  with q, k, v ``[B, T, Sp, H, Dh]``: only the all-to-alls move. Cross-attention to the text
+  runs on each device's own tokens (:func:`local_cross_attention`; the text keys and values
+  are not split over the context axis), so it moves nothing.
+* ``_cached_trunk``: the per-layer attention is ::
 
       o, ks, vs = ulysses_cached_attention(q, k, v, ks, vs, position, layer=i,
                                            tokens_per_frame=S, window=cfg.window, impl=impl)
 
-  and the ``write_frame`` calls after the block go (the function writes the cache); the
-  block then returns ``(ks, vs)`` as its cache output instead of its token-sharded
-  ``(k, v)`` (a closure must not leak them out of ``jax.checkpoint`` under remat).
-* the streaming state places its cache with :func:`shard_cache`.
+  and the block returns ``(ks, vs)`` as its cache output (passed in and out of the block
+  explicitly: nothing leaks out of ``jax.checkpoint`` under remat).
+* :mod:`aapt_jax.sample.streaming` places the KV cache with :func:`cache_shardings`
+  (:func:`shard_cache` for a concrete cache).
 """
 
 from __future__ import annotations
@@ -78,11 +80,11 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from aapt_jax.model import kv_cache as kvc
-from aapt_jax.model.attention import attention, check_impl
+from aapt_jax.model.attention import attention, check_impl, full_attention
 from aapt_jax.parallel import sharding as shd
 
-__all__ = ["CONTEXT_AXIS", "cache_sharding", "padded_tokens_per_frame", "shard_cache",
-           "ulysses_attention", "ulysses_cached_attention"]
+__all__ = ["CONTEXT_AXIS", "cache_sharding", "cache_shardings", "context_size", "local_cross_attention",
+           "padded_tokens_per_frame", "shard_cache", "ulysses_attention", "ulysses_cached_attention"]
 
 CONTEXT_AXIS = "context"
 
@@ -90,6 +92,13 @@ CONTEXT_AXIS = "context"
 def padded_tokens_per_frame(tokens_per_frame: int, context: int) -> int:
     """Token slots per frame in the token-sharded layout: ``S`` rounded up to a multiple of ``C``."""
     return -(-tokens_per_frame // context) * context
+
+
+def context_size(axis: str = CONTEXT_AXIS) -> int:
+    """Size of ``axis`` on the mesh of the innermost ``use_mesh`` (1 without one, or where the
+    mesh has no such axis): the model takes the Ulysses path where this is larger than 1."""
+    active = shd.active_mesh()
+    return 1 if active is None else int(dict(active[0].shape).get(axis, 1))
 
 
 # ----- mesh and specs ------------------------------------------------------------------------
@@ -164,19 +173,33 @@ def cache_sharding(cache_shape, *, mesh: Mesh | None = None, rules=None,
     return NamedSharding(mesh, _Plan(mesh, rules, axis, cache_shape[1], heads, heads).cache_spec())
 
 
-def shard_cache(cache: kvc.KVCache, *, mesh: Mesh | None = None, rules=None,
-                axis: str = CONTEXT_AXIS) -> kvc.KVCache:
-    """``cache`` with ``k``/``v`` head-sharded (:func:`cache_sharding`) and the text
-    keys/values ``[layers, B, Lt, H, D]`` not split over the context axis (cross-attention's
-    queries are token-sharded and need every text key of every head), only by batch and by
-    the rules' head axes."""
+def cache_shardings(cache: kvc.KVCache, *, mesh: Mesh | None = None, rules=None,
+                    axis: str = CONTEXT_AXIS) -> kvc.KVCache:
+    """A :class:`KVCache` of NamedShardings for ``cache`` (concrete, traced or abstract):
+    ``k``/``v`` head-sharded (:func:`cache_sharding`), the text keys/values
+    ``[layers, B, Lt, H, D]`` not split over the context axis (cross-attention's queries are
+    token-sharded and need every text key of every head), only by batch and by the rules'
+    head axes. On a mesh without ``axis`` the cache is split by batch and heads as the rules
+    say. For jit in/out shardings and ``with_sharding_constraint``."""
     mesh, rules = _resolve(mesh, rules)
+    if axis not in mesh.shape:
+        kv = shd.array_sharding(cache.k.shape, ("cache_layers", "batch", None, None, "heads", None), mesh, rules,
+                                name="kv cache")
+        text = shd.array_sharding(cache.text_k.shape, ("cache_layers", "batch", None, "heads", None), mesh, rules,
+                                  name="text cache")
+        return kvc.KVCache(k=kv, v=kv, text_k=text, text_v=text)
     heads = cache.k.shape[4]
     plan = _Plan(mesh, rules, axis, cache.k.shape[1], heads, heads)
     kv = NamedSharding(mesh, plan.cache_spec())
     text = NamedSharding(mesh, P(None, plan.batch, None, plan.heads, None))
-    return cache.replace(k=jax.device_put(cache.k, kv), v=jax.device_put(cache.v, kv),
-                         text_k=jax.device_put(cache.text_k, text), text_v=jax.device_put(cache.text_v, text))
+    return kvc.KVCache(k=kv, v=kv, text_k=text, text_v=text)
+
+
+def shard_cache(cache: kvc.KVCache, *, mesh: Mesh | None = None, rules=None,
+                axis: str = CONTEXT_AXIS) -> kvc.KVCache:
+    """``cache`` placed by :func:`cache_shardings`: ``k``/``v`` head-sharded, the text
+    keys/values split only by batch and the rules' head axes."""
+    return jax.device_put(cache, cache_shardings(cache, mesh=mesh, rules=rules, axis=axis))
 
 
 # ----- layout ----------------------------------------------------------------------------------
@@ -366,3 +389,37 @@ def ulysses_cached_attention(q, k, v, cache_k, cache_v, position, *, layer: int,
                          out_specs=(tokens, cache, cache), check_vma=_check_vma(impl))
     o, cache_k, cache_v = step(q5, k5, v5, cache_k, cache_v, jnp.asarray(position, jnp.int32))
     return _restore(o, q.ndim, q.shape, slots), cache_k, cache_v
+
+
+def local_cross_attention(q, k, v, *, impl: str = "xla", mesh: Mesh | None = None, rules=None,
+                          axis: str = CONTEXT_AXIS):
+    """Cross-attention of token-split queries to the text, with no communication: every query
+    attends to all text keys on its own, so each device runs
+    :func:`aapt_jax.model.attention.full_attention` on the queries it holds.
+
+    Args:
+      q: ``[B, T, P, H, D]``, ``P`` (token slots per frame) a multiple of the context size;
+        any sharding (taken split by tokens inside every frame, as :func:`ulysses_attention`).
+      k, v: ``[B, Lt, H, D]`` text keys/values (taken whole on the context axis).
+      impl: ``xla`` or ``cudnn`` (the implementations of ``full_attention``).
+    Returns:
+      q's shape and dtype, split by tokens.
+    """
+    check_impl(impl)
+    mesh, rules = _resolve(mesh, rules)
+    if q.ndim != 5 or k.ndim != 4 or k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[2:] != q.shape[3:]:
+        raise ValueError(f"q, k, v: expected [B, T, P, H, D] and two [B, Lt, H, D], got {q.shape}, {k.shape}, "
+                         f"{v.shape}")
+    plan = _Plan(mesh, rules, axis, q.shape[0], q.shape[3], k.shape[2])
+    if q.shape[2] % plan.context:
+        raise ValueError(f"q: expected token slots per frame that are a multiple of {axis}={plan.context}, "
+                         f"got {q.shape[2]}")
+
+    def body(q, k, v):
+        b, T, p, h, D = q.shape
+        o = full_attention(q.reshape(b, T * p, h, D), k, v, impl=impl)
+        return o.reshape(b, T, p, h, D)
+
+    text = P(plan.batch, None, plan.heads, None)
+    return jax.shard_map(body, mesh=mesh, in_specs=(plan.tokens_spec(), text, text), out_specs=plan.tokens_spec(),
+                         check_vma=_check_vma(impl))(q, k, v)
