@@ -16,11 +16,13 @@ Exit statuses:
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 import traceback
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from aapt_jax.train.loop import TrainingStopped
 
@@ -57,11 +59,11 @@ def _flag_error(error: flags.Error) -> str:
     return f"{flag.group(1) + ': ' if flag else ''}{lines[-1]}"
 
 
-def _parse_flags(argv):
-    """absl's flag parsing with the project's error contract (one line, status 2)."""
+def _refuse_flags(parse, argv):
+    """``parse()`` with the project's error contract for flags (one line, status 2)."""
     verbose = any(re.fullmatch(r"--verbosity=[1-9]\d*|-v=?[1-9]\d*", a) for a in argv)
     try:
-        return flags.FLAGS(argv)
+        return parse()
     except flags.Error as e:
         message = _flag_error(e)
     except (AttributeError, KeyError) as e:  # a --config.* override of a field that does not exist
@@ -70,6 +72,33 @@ def _parse_flags(argv):
         traceback.print_exc()
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(EXIT_REFUSED)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing with the project's error contract (one line, status 2)."""
+    return _refuse_flags(lambda: flags.FLAGS(argv), argv)
+
+
+def define_config(default: str, help_text: str = "Experiment config file, FILE.py[:STAGE].") -> flags.FlagHolder:
+    """The ``--config=configs/X.py[:STAGE]`` flag every binary takes, with ``--config.a.b=value``
+    overrides (ml_collections). Without ``--config`` on the command line, ml_collections
+    loads the default file and applies the overrides while the flag is defined: an unknown
+    field is refused there, in the same one line (status 2)."""
+    return _refuse_flags(lambda: config_flags.DEFINE_config_file("config", default, help_text), sys.argv)
+
+
+def config_per_stage(flag) -> tuple:
+    """``(get_config, overrides)`` of a ``--config=FILE`` flag, for a binary that builds one
+    config per stage (``launch.pipeline``): the file's ``get_config(stage)`` and the
+    ``--config.a.b=value`` overrides as ``{'a.b': value}`` (already checked against the
+    default stage's fields by the flag parser)."""
+    path = config_flags.get_config_filename(flag)
+    if ":" in path:
+        raise ValueError(f"--config: every stage gets its own config; expected a file without :STAGE, got {path!r}")
+    spec = importlib.util.spec_from_file_location("config_per_stage", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config, dict(config_flags.get_override_values(flag))
 
 
 def run(main) -> None:

@@ -14,14 +14,13 @@ be new or empty and appears only once complete (see :mod:`aapt_jax.data.latent_s
 import json
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from aapt_jax import cli, configs
 from aapt_jax.data.encode_latents import encode_to_shards
 from aapt_jax.data.latent_shards import check_out_dir
 from aapt_jax.io.vae_source import load_vae
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny_world.py:adapt", "Experiment config file.")
+_CONFIG = cli.define_config("configs/tiny_world.py:adapt", "Experiment config file.")
 _VAE = flags.DEFINE_string("vae", None, "VAE checkpoint (a 'vae' stage workdir or a diffusers VAE directory); "
                            "default: the config's vae.checkpoint; '' = random init (tests only).")
 _OUT = flags.DEFINE_string("out", None, "New directory for the shards and meta.json.", required=True)

@@ -27,15 +27,14 @@ from __future__ import annotations
 import json
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from aapt_jax import cli, configs
 from aapt_jax.eval.report import evaluate
 from aapt_jax.eval.rollout import WORLDS
 from aapt_jax.train.stages import generator_stages
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny_world.py:distill", "Experiment config file "
-                                          "(video size, fps, control, VAE preset, stage 1 sampler steps).")
+_CONFIG = cli.define_config("configs/tiny_world.py:distill", "Experiment config file (video size, fps, control, "
+                            "VAE preset, stage 1 sampler steps).")
 _VAE = flags.DEFINE_string("vae", None, "Workdir of a finished 'vae' stage (or a diffusers VAE directory).")
 _MODELS = flags.DEFINE_string("models", None, "Comma-separated name=workdir pairs of finished generator stages "
                               f"({', '.join(sorted(generator_stages()))}).")

@@ -13,7 +13,6 @@ import secrets
 import socket
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from aapt_jax import cli
 from aapt_jax.serve.app import ServerOptions, is_loopback, run
@@ -22,7 +21,7 @@ from aapt_jax.serve.engine import Engine
 # The shipped tiny-world AAPT generator and VAE become the defaults here once they exist.
 DEFAULT_CHECKPOINT, DEFAULT_VAE = "", ""
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny_world.py", "Experiment config file.")
+_CONFIG = cli.define_config("configs/tiny_world.py", "Experiment config file.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", DEFAULT_CHECKPOINT, "A finished stage's workdir or a diffusers "
                                   "transformer directory; '' = randomly initialised generator.")
 _VAE = flags.DEFINE_string("vae", DEFAULT_VAE, "A finished 'vae' stage's workdir or a diffusers VAE directory; "

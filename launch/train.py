@@ -10,12 +10,11 @@ interrupted by SIGTERM after saving (rerun to resume); see :mod:`aapt_jax.cli`.
 import json
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from aapt_jax import cli
 from aapt_jax.train.loop import train
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny_world.py", "Experiment config file.")
+_CONFIG = cli.define_config("configs/tiny_world.py", "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, TensorBoard, samples).",
                                required=True)
 

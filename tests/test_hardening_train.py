@@ -111,3 +111,19 @@ def test_shipped_training_configs_pass_the_checks(module):
     get_config = importlib.import_module(f"configs.{module}").get_config
     for stage in STAGES:
         check_config(get_config(stage))
+
+
+def test_pipeline_binary_takes_config_overrides_and_refuses_unknown_fields(tmp_path):
+    def pipeline(*args):
+        return subprocess.run([sys.executable, "-m", "launch.pipeline", f"--workdir={tmp_path / 'p'}", *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    typo = pipeline("--config.train.stepz=3")
+    assert typo.returncode == 2 and typo.stderr.strip().splitlines() == [
+        "error: --config.train.stepz: unknown config field 'stepz'; did you mean 'steps'?"]
+    staged = pipeline("--config=configs/tiny_world.py:adapt")
+    assert staged.returncode == 2 and "expected a file without :STAGE" in staged.stderr.strip().splitlines()[-1]
+    # A later stage's bad field (stage 3's segment_frames) is refused before the VAE trains.
+    late = pipeline("--config.train.segment_frames=99")
+    assert late.returncode == 2 and "train.segment_frames: expected 1..8" in late.stderr
+    assert not (tmp_path / "p").exists()
