@@ -28,15 +28,15 @@ Gradients (dq, dk, dv) come from Pallas kernels through a ``jax.custom_vjp``.
 from __future__ import annotations
 
 import math
-import time
 
 import jax
 import jax.numpy as jnp
 
-from aapt_jax.model.reference_attention import frame_ids, xla_attention
-from aapt_jax.model.window import frame_visible
 from aapt_jax.kernels import _flash
 from aapt_jax.kernels._flash import BlockSizes, ParallelFrames, Spec
+from aapt_jax.model.reference_attention import frame_ids, xla_attention
+from aapt_jax.model.window import frame_visible
+from aapt_jax.timing import median_seconds
 
 __all__ = ["block_causal_attention", "block_causal_attention_reference", "benchmark",
            "parallel_spec"]
@@ -123,13 +123,7 @@ def benchmark(batch: int = 1, num_frames: int = 32, tokens_per_frame: int = 1196
         return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
     def seconds(f):
-        jax.block_until_ready(f(q, k, v))
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(f(q, k, v))
-            times.append(time.perf_counter() - start)
-        return sorted(times)[len(times) // 2]
+        return median_seconds(lambda: f(q, k, v), repeats=repeats)
 
     return {"kernel": seconds(wrap(block_causal_attention)),
             "reference": seconds(wrap(block_causal_attention_reference)),

@@ -29,15 +29,15 @@ Shapes: q ``[B, S, H, D]``; k, v ``[B, (R + 2) * S, Hkv, D]``; ``slot_frames`` i
 from __future__ import annotations
 
 import math
-import time
 
 import jax
 import jax.numpy as jnp
 
-from aapt_jax.model.reference_attention import xla_attention
-from aapt_jax.model.window import EMPTY_FRAME, frame_visible
 from aapt_jax.kernels import _flash
 from aapt_jax.kernels._flash import BlockSizes, FrameIds, Spec
+from aapt_jax.model.reference_attention import xla_attention
+from aapt_jax.model.window import EMPTY_FRAME, frame_visible
+from aapt_jax.timing import median_seconds
 
 __all__ = ["decode_attention", "decode_attention_reference", "benchmark"]
 
@@ -127,13 +127,7 @@ def benchmark(batch: int = 1, tokens_per_frame: int = 1196, ring_slots: int = 30
 
     def seconds(fn):
         f = jax.jit(lambda q, k, v, ids, cur: fn(q, k, v, ids, cur, **kw))
-        jax.block_until_ready(f(q, k, v, slot_frames, current))
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(f(q, k, v, slot_frames, current))
-            times.append(time.perf_counter() - start)
-        return sorted(times)[len(times) // 2]
+        return median_seconds(lambda: f(q, k, v, slot_frames, current), repeats=repeats)
 
     return {"kernel": seconds(decode_attention), "reference": seconds(decode_attention_reference),
             "backend": jax.default_backend()}

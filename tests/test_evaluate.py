@@ -132,3 +132,18 @@ def test_bad_flags_fail_before_anything_compiles(exports, tmp_path):
         jax.monitoring.unregister_event_duration_listener(on_event)
     assert not compiled, "compiled before the flags were checked"
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_stages_streams_both_generators(exports, tmp_path):
+    from aapt_jax.eval.compare import compare_stages
+
+    config = _config()
+    config.vae.checkpoint = str(exports / "vae")
+    result = compare_stages(config, adapt=str(exports / "adapt"), distill=str(exports / "distill"), clips=2,
+                            out=str(tmp_path / "cmp"))
+    assert result["clips"] == 2 and result["latent_frames"] == config.data.latent_frames
+    assert all(np.isfinite(v) for k, v in result.items() if k.startswith("psnr"))
+    assert (tmp_path / "cmp" / "true_stage1_stage2.mp4").stat().st_size > 0
+    with pytest.raises(ValueError, match="--adapt"):  # each flag names a stage of its own
+        compare_stages(config, adapt=str(exports / "distill"), distill=str(exports / "distill"), clips=1,
+                       out=str(tmp_path / "cmp2"))

@@ -1,7 +1,7 @@
 """Stage 3 cost: one generator + discriminator update.
 
-Time, at the tiny config: ``student_forcing_step_s``: seconds per update with the generator
-rolling out through its KV cache (the default mode); ``teacher_forcing_step_s`` (App. D
+Time, at the tiny config, as the median seconds per update: ``student_forcing_step_s``:
+with the generator rolling out through its KV cache (the default mode); ``teacher_forcing_step_s`` (App. D
 mode) and ``long_video_step_s`` (one extension segment) and
 ``student_forcing_remat_step_s`` (remat per block) for comparison. Peak memory comes from
 the compiled update's ``memory_analysis()``: arguments + outputs + temporaries - aliased
@@ -148,7 +148,7 @@ def update_time(config, name: str, measure_steps: int, warmup_steps: int = 1, mo
                   batch_size=tc.batch_size,
                   segment_frames=tc.segment_frames or config.data.latent_frames, overlap=tc.overlap,
                   video_hw=[config.video.height, config.video.width], measured_steps=measure_steps,
-                  backend=jax.default_backend())
+                  statistic="median", backend=jax.default_backend())
     return [dict(name=name, value=seconds, unit="s", **common),
             dict(name=name.replace("_step_s", "_peak_bytes"), value=peak, unit="bytes",
                  source="compiled memory_analysis(): arguments + outputs + temporaries - aliased", **common)]

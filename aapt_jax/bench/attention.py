@@ -14,7 +14,7 @@ Figures (full run: 120 latent frames of ``S = 1196`` tokens, the 736x416 AAPT la
   ``cost_analysis()`` of the CUDA-lowered kernel module reports (XLA cannot see inside a
   Triton custom call, which is why the kernels carry their own estimate);
 * ``shared_memory_bytes_*``: the tile budget of each kernel against Hopper's 228 KiB;
-* timings only when the backend is a GPU.
+* timings (median seconds per call, :mod:`aapt_jax.timing`) only when the backend is a GPU.
 """
 
 from __future__ import annotations
@@ -94,13 +94,28 @@ def run(named, quick: bool = False) -> Iterator[dict]:
     else:
         frames, s, window, heads, head_dim, ring = 120, 1196, 30, 32, 128, 30
     dtype = jnp.bfloat16
-    length = frames * s
-    spec = parallel_spec((1, length, heads, head_dim), tokens_per_frame=s, window=window,
-                         dtype=dtype)
-    blocks = spec.blocks
     ctx = dict(frames=frames, tokens_per_frame=s, window=window, heads=heads,
                head_dim=head_dim, dtype=jnp.dtype(dtype).name)
+    yield from _block_figures(ctx, dtype)
+    yield from _flop_figures(ctx, dtype)
+    yield from _decode_figures(ctx, dtype, ring)
+    for dt in (jnp.bfloat16, jnp.float32):
+        tiles = _flash.default_block_sizes(dt)
+        for kernel_name, used in _flash.shared_memory_bytes(tiles, head_dim, dt).items():
+            yield dict(name=f"shared_memory_bytes_{kernel_name}", value=used, unit="byte",
+                       limit=_flash.HOPPER_SHARED_MEMORY_BYTES, head_dim=head_dim,
+                       dtype=jnp.dtype(dt).name, estimate=True)
+    if jax.default_backend() == "gpu":
+        yield from _timings(ctx, ring, timing_frames=8 if quick else 32)
 
+
+def _block_figures(ctx: dict, dtype) -> Iterator[dict]:
+    """The key blocks each kernel visits, against the mask's block density."""
+    frames, s, window = ctx["frames"], ctx["tokens_per_frame"], ctx["window"]
+    length = frames * s
+    spec = parallel_spec((1, length, ctx["heads"], ctx["head_dim"]), tokens_per_frame=s, window=window,
+                         dtype=dtype)
+    blocks = spec.blocks
     for tag, bq, bk in (("", blocks.block_q, blocks.block_k),
                         ("_dq", blocks.block_q_dq, blocks.block_k_dq),
                         ("_dkv", blocks.block_q_dkv, blocks.block_k_dkv)):
@@ -115,9 +130,12 @@ def run(named, quick: bool = False) -> Iterator[dict]:
         yield dict(name=f"mask_block_density{tag}",
                    value=mask_block_density(frames, s, window, bq, bk), unit="fraction", **tile)
 
-    sds = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)
-    q = k = v = sds(1, length, heads, head_dim)
-    kw = dict(tokens_per_frame=s, window=window)
+
+def _flop_figures(ctx: dict, dtype) -> Iterator[dict]:
+    """The parallel kernel's flops (its cost estimates) against dense attention's."""
+    length, heads, head_dim = ctx["frames"] * ctx["tokens_per_frame"], ctx["heads"], ctx["head_dim"]
+    q = k = v = jax.ShapeDtypeStruct((1, length, heads, head_dim), dtype)
+    kw = dict(tokens_per_frame=ctx["tokens_per_frame"], window=ctx["window"])
     kernel = lambda q, k, v: block_causal_attention(q, k, v, interpret=False, **kw)
     reference = lambda q, k, v: block_causal_attention_reference(q, k, v, **kw)
     loss = lambda f: (lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32)))
@@ -146,10 +164,14 @@ def run(named, quick: bool = False) -> Iterator[dict]:
                value=float(lowered.cost_analysis().get("flops", 0.0)), unit="flop",
                triton_custom_calls=lowered.as_text().count("__gpu$xla.gpu.triton"), **ctx)
 
-    # Decode: one frame against [sink | ring | current]; ids are traced, so the estimate
-    # counts every key block (empty slots are skipped at run time, not at trace time).
-    qd = sds(1, s, heads, head_dim)
-    kd = sds(1, (ring + 2) * s, heads, head_dim)
+
+def _decode_figures(ctx: dict, dtype, ring: int) -> Iterator[dict]:
+    """Decode: one frame against [sink | ring | current]; ids are traced, so the estimate
+    counts every key block (empty slots are skipped at run time, not at trace time)."""
+    s, heads, head_dim = ctx["tokens_per_frame"], ctx["heads"], ctx["head_dim"]
+    kw = dict(tokens_per_frame=s, window=ctx["window"])
+    qd = jax.ShapeDtypeStruct((1, s, heads, head_dim), dtype)
+    kd = jax.ShapeDtypeStruct((1, (ring + 2) * s, heads, head_dim), dtype)
     ids = jax.ShapeDtypeStruct((ring + 2,), jnp.int32)
     cur = jax.ShapeDtypeStruct((), jnp.int32)
     decode_flops, _ = _pallas_costs(
@@ -161,26 +183,21 @@ def run(named, quick: bool = False) -> Iterator[dict]:
                ring_slots=ring, **ctx)
     yield dict(name="dense_flops_decode", value=dense_decode, unit="flop", ring_slots=ring, **ctx)
 
-    for dt in (jnp.bfloat16, jnp.float32):
-        tiles = _flash.default_block_sizes(dt)
-        for kernel_name, used in _flash.shared_memory_bytes(tiles, head_dim, dt).items():
-            yield dict(name=f"shared_memory_bytes_{kernel_name}", value=used, unit="byte",
-                       limit=_flash.HOPPER_SHARED_MEMORY_BYTES, head_dim=head_dim,
-                       dtype=jnp.dtype(dt).name, estimate=True)
 
-    if jax.default_backend() == "gpu":
-        timing_frames = 8 if quick else 32
-        for backward in (False, True):
-            t = parallel_benchmark(num_frames=timing_frames, tokens_per_frame=s, heads=heads,
-                                   head_dim=head_dim, window=window, backward=backward)
-            phase = "forward_backward" if backward else "forward"
-            for impl in ("kernel", "reference"):
-                yield dict(name=f"seconds_parallel_{phase}_{impl}", value=t[impl], unit="s",
-                           timing_frames=timing_frames, **ctx)
-        t = decode_benchmark(tokens_per_frame=s, ring_slots=ring, heads=heads,
-                             head_dim=head_dim, window=window)
+def _timings(ctx: dict, ring: int, timing_frames: int) -> Iterator[dict]:
+    """Median seconds per call of the kernels and the dense references (GPU only)."""
+    shape = dict(tokens_per_frame=ctx["tokens_per_frame"], heads=ctx["heads"], head_dim=ctx["head_dim"],
+                 window=ctx["window"])
+    for backward in (False, True):
+        t = parallel_benchmark(num_frames=timing_frames, backward=backward, **shape)
+        phase = "forward_backward" if backward else "forward"
         for impl in ("kernel", "reference"):
-            yield dict(name=f"seconds_decode_{impl}", value=t[impl], unit="s", ring_slots=ring, **ctx)
+            yield dict(name=f"seconds_parallel_{phase}_{impl}", value=t[impl], unit="s",
+                       timing_frames=timing_frames, statistic="median", **ctx)
+    t = decode_benchmark(ring_slots=ring, **shape)
+    for impl in ("kernel", "reference"):
+        yield dict(name=f"seconds_decode_{impl}", value=t[impl], unit="s", ring_slots=ring, statistic="median",
+                   **ctx)
 
 
 __all__ = ["run", "mask_block_density", "dense_attention_flops"]

@@ -13,7 +13,6 @@ Names (see README "Benchmarks"):
 from __future__ import annotations
 
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ from aapt_jax.model import kv_cache as kvc
 from aapt_jax.model.config import DiTConfig
 from aapt_jax.model.dit import abstract_model, create
 from aapt_jax.sample.streaming import StreamingSampler
+from aapt_jax.timing import median_seconds, timed
 
 H100_BF16_DENSE_FLOPS = 989e12
 # The configs whose parameters the suite counts (param_count_<name>).
@@ -60,10 +60,8 @@ def step_times(cfg: DiTConfig, num_frames: int, seed: int = 0):
     times = []
     for i in range(num_frames):
         ctrl = None if controls is None else controls[:, i:i + 1]
-        t0 = time.perf_counter()
-        state, frame = sampler.step(params, state, ctrl, keys[i])
-        frame.block_until_ready()
-        times.append(time.perf_counter() - t0)
+        (state, _), seconds = timed(lambda: sampler.step(params, state, ctrl, keys[i]))
+        times.append(seconds)
     return times, (graphdef, params, state, text, controls)
 
 
@@ -83,13 +81,7 @@ def recompute_time(cfg: DiTConfig, graphdef, params, text, controls, position: i
                                         frame_indices=idx)
         return x_t[:, -1:] - v[:, -1:]
 
-    recompute(params, x_t, recycled, ctrl).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        recompute(params, x_t, recycled, ctrl).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), n
+    return median_seconds(lambda: recompute(params, x_t, recycled, ctrl), repeats=repeats), n
 
 
 def step_flops(cfg: DiTConfig, frames_per_step: int, batch: int = 1) -> float:
@@ -115,7 +107,9 @@ def step_flops(cfg: DiTConfig, frames_per_step: int, batch: int = 1) -> float:
     return float(lowered.cost_analysis()["flops"])
 
 
-def _diffusers_count(config) -> int | None:
+def diffusers_param_count(config) -> int | None:
+    """Parameters of diffusers' ``WanTransformer3DModel`` of ``config.model`` (on the meta
+    device: nothing allocated); None without torch and diffusers."""
     try:
         import diffusers
         import torch
@@ -169,6 +163,6 @@ def run(named: Named, quick: bool = False):
         count = sum(x.size for x in jax.tree.leaves(abstract_params(configs.model_config(config))))
         record = dict(name=f"param_count_{name}", value=count, unit="params", config=name)
         if name.startswith("wan") and not quick:
-            theirs = _diffusers_count(config)
+            theirs = diffusers_param_count(config)
             record.update(diffusers_value=theirs, equal=None if theirs is None else theirs == count)
         yield record

@@ -1,4 +1,5 @@
-"""Training throughput of every stage at the tiny config: ``train_steps_per_s``.
+"""Training throughput of every stage at the tiny config: ``train_steps_per_s``, one over
+the median wall time of a step (each step timed until its outputs are ready).
 
 Weights are random (``train.random_init``): throughput does not depend on their values,
 and the suite then needs no earlier stage on disk.
@@ -6,13 +7,12 @@ and the suite then needs no earlier stage on disk.
 
 from __future__ import annotations
 
-import time
-
 import jax
 from ml_collections import ConfigDict
 
 from aapt_jax.configs import Named
 from aapt_jax.data.sources import make_loader, make_source
+from aapt_jax.timing import median_seconds
 from aapt_jax.train import stages
 from aapt_jax.train.loop import initial_state, make_train_step
 from aapt_jax.train.optim import make_optimizer
@@ -35,15 +35,15 @@ def compiled_step(config: ConfigDict, model_fields: dict | None = None, **train_
 
 
 def seconds_per_step(step, state, frozen, batches, warmup_steps: int) -> float:
-    """Mean wall time of the steps after ``warmup_steps`` (which absorb the compile)."""
-    for b in batches[:warmup_steps]:
-        state, metrics = step(state, frozen, b)
-    jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for b in batches[warmup_steps:]:
-        state, metrics = step(state, frozen, b)
-    jax.block_until_ready(metrics)
-    return (time.perf_counter() - t0) / (len(batches) - warmup_steps)
+    """Median wall time of the steps after ``warmup_steps`` (which absorb the compile), one
+    step per batch."""
+    run = {"state": state, "batches": iter(batches)}
+
+    def one_step():
+        run["state"], metrics = step(run["state"], frozen, next(run["batches"]))
+        return metrics
+
+    return median_seconds(one_step, repeats=len(batches) - warmup_steps, warmup=warmup_steps)
 
 
 def steps_per_s(config: ConfigDict, measure_steps: int, warmup_steps: int = 2, **train_fields) -> dict:
@@ -54,7 +54,7 @@ def steps_per_s(config: ConfigDict, measure_steps: int, warmup_steps: int = 2, *
     return dict(name="train_steps_per_s", value=measure_steps / elapsed, unit="steps/s", stage=stage_name,
                 batch_size=config.train.batch_size, video_frames=1 + 4 * config.data.latent_frames,
                 video_hw=[config.video.height, config.video.width], measured_steps=measure_steps,
-                backend=jax.default_backend())
+                statistic="median", backend=jax.default_backend())
 
 
 def run(named: Named, quick: bool = False):

@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
 from typing import Iterator
 
 import jax
@@ -23,6 +21,7 @@ import numpy as np
 
 from aapt_jax.model import vae as V
 from aapt_jax.model.vae_config import VAEConfig, get_vae_config, light_decoder
+from aapt_jax.timing import median_seconds
 
 # Wan2.1's shape (dim_mult, blocks, temporal pattern) at a width a CPU runs.
 NARROW_WAN = VAEConfig(base_dim=32, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2,
@@ -36,14 +35,13 @@ def _decode_step_timing(config: VAEConfig, latent_hw, warmup: int, repeats: int,
     state = dataclasses.replace(V.decode_init(config, 1, latent_hw), first=False)
     z = jnp.asarray(np.random.default_rng(seed).normal(size=(1, 1, *latent_hw, config.z_dim)), jnp.float32)
     flops = V.decode_step.trace(graphdef, params, state, z).lower().cost_analysis().get("flops", float("nan"))
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        state, frames = V.decode_step(graphdef, params, state, z)
-        jax.block_until_ready(frames)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times), float(flops)
+    stream = [state]
+
+    def step():
+        stream[0], frames = V.decode_step(graphdef, params, stream[0], z)
+        return frames
+
+    return 1e3 * median_seconds(step, repeats=repeats, warmup=warmup), float(flops)
 
 
 def _streaming_diff(config: VAEConfig, batch: int, latent_frames: int, latent_hw, seed: int = 0) -> float:

@@ -39,7 +39,7 @@ from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.config import DiTConfig
 from aapt_jax.model.controls import control_maps
 from aapt_jax.model.dit import abstract_model
-from aapt_jax.sample.flow_sampler import sample_long
+from aapt_jax.sample.flow_sampler import sample_autoregressive, sample_long
 from aapt_jax.sample.streaming import check_control, check_inputs, init_state, rollout_frames, rollout_noise
 from aapt_jax.train.stages import MULTISTEP, ONESTEP, STAGES, generator_stages
 
@@ -96,12 +96,15 @@ class Generator:
     params: Any
     _compiled: dict = dataclasses.field(default_factory=dict, repr=False)
 
-    def generate(self, first, text, controls, key, *, num_frames: int, num_steps: int, shift: float):
-        """``num_frames`` latent frames after ``first`` ``[1, 1, h, w, C]`` (normalized).
+    def generate(self, first, text, controls, key, *, num_frames: int, num_steps: int, shift: float,
+                 full_context: bool = False):
+        """``num_frames`` latent frames after ``first`` ``[B, 1, h, w, C]`` (normalized).
 
-        text ``[1, Lt, D]``, controls ``[1, K, h, w, Cc]`` or None. ``num_steps``/``shift``
-        set the multi-step sampler's grid (ignored by one-step generators). Returns float32
-        numpy ``[1, K, h, w, C]``.
+        text ``[B, Lt, D]``, controls ``[B, K, h, w, Cc]`` or None. ``num_steps``/``shift``
+        set the multi-step sampler's grid (ignored by one-step generators), which runs a
+        fixed window per frame (:func:`sample_long`, constant cost) or, with
+        ``full_context``, every earlier frame (:func:`sample_autoregressive`, the training
+        distribution of a clip, cost growing with K). Returns float32 numpy ``[B, K, h, w, C]``.
         """
         graphdef = self.graphdef
         if self.sampler == ONESTEP:
@@ -117,20 +120,25 @@ class Generator:
 
                 self._compiled[ONESTEP] = jax.jit(stream, static_argnames=("num_frames",))
             return np.asarray(self._compiled[ONESTEP](self.params, first, text, controls, key, num_frames=num_frames))
-        if MULTISTEP not in self._compiled:
-            def long(params, first, text, controls, key, num_frames, num_steps, shift):
-                return sample_long(nnx.merge(graphdef, params), first, text, controls, key,
-                                   num_frames=num_frames, num_steps=num_steps, shift=shift)
+        name = (MULTISTEP, full_context)
+        if name not in self._compiled:
+            sampler = sample_autoregressive if full_context else sample_long
 
-            self._compiled[MULTISTEP] = jax.jit(long, static_argnames=("num_frames", "num_steps", "shift"))
-        return np.asarray(self._compiled[MULTISTEP](self.params, first, text, controls, key, num_frames=num_frames,
-                                                    num_steps=num_steps, shift=float(shift)))
+            def multistep(params, first, text, controls, key, num_frames, num_steps, shift):
+                return sampler(nnx.merge(graphdef, params), first, text, controls, key,
+                               num_frames=num_frames, num_steps=num_steps, shift=shift)
+
+            self._compiled[name] = jax.jit(multistep, static_argnames=("num_frames", "num_steps", "shift"))
+        return np.asarray(self._compiled[name](self.params, first, text, controls, key, num_frames=num_frames,
+                                               num_steps=num_steps, shift=float(shift)))
 
 
-def load_generator_export(workdir: str, config: ConfigDict, field: str = "workdir") -> Generator:
-    """Load a generator export (see :func:`check_generator_export` for the config it runs with)."""
+def load_generator_export(workdir: str, config: ConfigDict, field: str = "workdir",
+                          stages: tuple[str, ...] | None = None) -> Generator:
+    """Load a generator export (see :func:`check_generator_export` for the config it runs
+    with) of one of ``stages`` (default: any generator stage)."""
     info, cfg = check_generator_export(workdir, config, field)
-    params, stage = load_generator(workdir, cfg, stages=generator_stages(), field=field)
+    params, stage = load_generator(workdir, cfg, stages=stages or generator_stages(), field=field)
     graphdef, _ = abstract_model(cfg)
     return Generator(workdir, stage, sampler_of_stage(stage, field), cfg, graphdef, params)
 
