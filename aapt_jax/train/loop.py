@@ -127,6 +127,76 @@ def train(config: ConfigDict, workdir: str) -> dict:
         return _train_locked(config, workdir)
 
 
+class _Metrics:
+    """A step's metrics read on the host one step late: the loop dispatches step ``n + 1``
+    before it reads step ``n`` (as maxtext's metric logger does), so the device never waits
+    for the host. A step is read at once where the host acts on it (a checkpoint, a sample,
+    the last step): a state is saved only after its step's metrics said it is finite."""
+
+    def __init__(self, stage, tc, writer, bar, manager, schedule):
+        self.stage, self.tc, self.writer, self.bar, self.manager, self.schedule = (stage, tc, writer, bar, manager,
+                                                                                  schedule)
+        self.pending, self.losses, self.t_last = None, [], time.perf_counter()
+
+    def push(self, done: int, metrics: dict) -> None:
+        """Step ``done``'s metrics (device arrays); reads the previous step's."""
+        self.flush()
+        self.pending = (done, metrics)
+
+    def flush(self) -> None:
+        """Read the pending step: stop on a non-finite loss or state or a stage's own divergence
+        check (without saving, naming the last good checkpoint), else log it."""
+        if self.pending is None:
+            return
+        (done, metrics), self.pending = self.pending, None
+        host = jax.device_get(metrics)
+        state_finite = bool(host.pop("state_finite"))
+        loss = float(host["loss"])
+        reason = None if np.isfinite(loss) else f"non-finite loss {loss}"
+        if reason is None and not state_finite:
+            reason = "non-finite params or optimizer state after the update (check train.lr and the gradients)"
+        if reason is None and self.stage.check_metrics is not None:
+            reason = self.stage.check_metrics(host)
+        if reason is not None:
+            self.manager.wait()
+            good = self.manager.latest_step()
+            message = (f"{reason} at step {done}; stopped without saving. " + (
+                f"Last good checkpoint: step {good} in {self.manager.directory}" if good is not None else
+                f"No checkpoint was saved before it (in {self.manager.directory})"))
+            log.error("%s", message)
+            raise TrainingStopped(message)
+        self.losses.append(loss)
+        self.bar.update(1)
+        if done % self.tc.log_every == 0 or done == self.tc.steps:
+            self._log(done, host, loss)
+
+    def _log(self, done: int, host: dict, loss: float) -> None:
+        now = time.perf_counter()
+        rate = self.tc.log_every / max(now - self.t_last, 1e-9)
+        self.t_last = now
+        for k, v in host.items():
+            self.writer.add_scalar(f"train/{k}", float(v), done)
+        self.writer.add_scalar("train/lr", float(self.schedule(done)), done)
+        self.writer.add_scalar("train/steps_per_s", rate, done)
+        self.bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{rate:.2f}")
+
+
+def _restore(manager, state, loader, config: ConfigDict, tc, workdir: str):
+    """The latest checkpoint's state (the loader set to its position), or ``state``. The
+    config is compared before the arrays are read: a changed optimizer would otherwise fail
+    inside the restore as an opaque tree-structure mismatch."""
+    if manager.latest_step() is None:
+        return state
+    differ = config_differences(manager.restore_meta(tc.restore_step or None)["config"], _config_fingerprint(config))
+    if differ:
+        raise ValueError(f"workdir: {workdir} has checkpoints of a different config ({'; '.join(differ)}); "
+                         f"resume with the saved values or use a new workdir")
+    state, meta, step = manager.restore(ckpt.abstract_like(state), tc.restore_step or None)
+    loader.set_state(meta["data_state"].encode() if isinstance(meta["data_state"], str) else meta["data_state"])
+    log.info("resumed %s at step %d", workdir, step)
+    return state
+
+
 def _train_locked(config: ConfigDict, workdir: str) -> dict:
     tc = train_config(config)
     stage = stages.build(config)                    # validates before any compile
@@ -138,26 +208,28 @@ def _train_locked(config: ConfigDict, workdir: str) -> dict:
     hw = (config.video.height, config.video.width)
     loader = make_loader(source, tc.batch_size * stage.clips_per_example, seed=config.data.seed,
                          keep=control_outlier_filter(aapt_configs.control_config(config), hw))
-    state = initial_state(stage.params, tx, tc.seed)
-    fingerprint = _config_fingerprint(config)
-    if manager.latest_step() is not None:
-        # The config is compared before the arrays are read: a changed optimizer would
-        # otherwise fail inside the restore as an opaque tree-structure mismatch.
-        differ = config_differences(manager.restore_meta(tc.restore_step or None)["config"], fingerprint)
-        if differ:
-            raise ValueError(f"workdir: {workdir} has checkpoints of a different config ({'; '.join(differ)}); "
-                             f"resume with the saved values or use a new workdir")
-        state, meta, step = manager.restore(ckpt.abstract_like(state), tc.restore_step or None)
-        loader.set_state(meta["data_state"].encode() if isinstance(meta["data_state"], str) else meta["data_state"])
-        log.info("resumed %s at step %d", workdir, step)
-    train_step = make_train_step(stage, tx)
-    sample_fn = jax.jit(stage.sample)
-    frozen = stage.frozen
-
     from tensorboardX import SummaryWriter
     writer = SummaryWriter(os.path.join(workdir, "tb"))
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+    try:
+        state = _restore(manager, initial_state(stage.params, tx, tc.seed), loader, config, tc, workdir)
+        state, losses = _steps(config, tc, stage, make_train_step(stage, tx), state, loader,
+                               (manager, writer, schedule, stop), workdir)
+        manager.wait()
+        return _finish(config, tc, stage, state, losses, source, workdir)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        writer.close()
+        manager.close()
+
+
+def _steps(config, tc, stage, train_step, state, loader, run, workdir):
+    """Train from the state's step to ``train.steps`` or a SIGTERM; returns the state and
+    the losses. run: (checkpointer, TensorBoard writer, lr schedule, {'signal': ...})."""
+    manager, writer, schedule, stop = run
+    sample_fn, frozen = jax.jit(stage.sample), stage.frozen
+    fingerprint = _config_fingerprint(config)
 
     def save(step):
         data_state = loader.get_state()
@@ -165,70 +237,48 @@ def _train_locked(config: ConfigDict, workdir: str) -> dict:
             data_state = data_state.decode()
         # A copy: the save runs in the background while the next step donates `state`.
         manager.save(step, jax.tree.map(jnp.copy, state),
-                     {"config": fingerprint, "data_state": data_state, "stage": stage.name,
-                      "info": stage.info})
+                     {"config": fingerprint, "data_state": data_state, "stage": stage.name, "info": stage.info})
 
     start = int(state["step"])
-    losses, t_last, summary = [], time.perf_counter(), {}
-    try:
-        with tqdm(total=tc.steps, initial=start, desc=f"{stage.name}", unit="step") as bar:
-            for step in range(start, tc.steps):
-                batch = next(loader)
-                state, metrics = train_step(state, frozen, batch)
-                state_finite = bool(metrics.pop("state_finite"))
-                loss = float(metrics["loss"])
-                reason = None if np.isfinite(loss) else f"non-finite loss {loss}"
-                if reason is None and not state_finite:
-                    reason = "non-finite params or optimizer state after the update (check train.lr and the gradients)"
-                if reason is None and stage.check_metrics is not None:
-                    reason = stage.check_metrics(metrics)
-                if reason is not None:
-                    manager.wait()
-                    good = manager.latest_step()
-                    message = (f"{reason} at step {step + 1}; stopped without saving. " + (
-                        f"Last good checkpoint: step {good} in {manager.directory}" if good is not None else
-                        f"No checkpoint was saved before it (in {manager.directory})"))
-                    log.error("%s", message)
-                    raise TrainingStopped(message)
-                losses.append(loss)
-                bar.update(1)
-                done = step + 1
-                if done % tc.log_every == 0 or done == tc.steps:
-                    now = time.perf_counter()
-                    rate = tc.log_every / max(now - t_last, 1e-9)
-                    t_last = now
-                    for k, v in metrics.items():
-                        writer.add_scalar(f"train/{k}", float(v), done)
-                    writer.add_scalar("train/lr", float(schedule(done)), done)
-                    writer.add_scalar("train/steps_per_s", rate, done)
-                    bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{rate:.2f}")
-                if done % tc.checkpoint_every == 0 or done == tc.steps or stop["signal"]:
-                    save(done)
-                if tc.sample_every and (done % tc.sample_every == 0 or done == tc.steps):
-                    real, fake = sample_fn(state["params"], frozen, batch, jax.random.key(done))
-                    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-                    _write_video(os.path.join(workdir, "samples", f"step_{done}.mp4"), real, fake,
-                                 config.video.fps)
-                if stop["signal"]:
-                    log.warning("signal %s: saved step %d, stopping", stop["signal"], done)
-                    break
-        manager.wait()
-        finished = int(state["step"]) >= tc.steps
-        if finished:
-            extra = {}
-            if stage.finish is not None:
-                stats_loader = make_loader(source, tc.batch_size, seed=config.data.seed + 1)
-                extra = stage.finish(state["params"], [next(stats_loader) for _ in range(FINISH_BATCHES)])
-            exported = state["params"] if stage.export_params is None else stage.export_params(state["params"])
-            ckpt.save_export(workdir, exported, dict(stage.info, steps=tc.steps, **extra))
-        n = max(1, len(losses) // 10)
-        summary = dict(stage=stage.name, workdir=workdir, step=int(state["step"]), finished=finished,
-                       first_10pct_loss=float(np.mean(losses[:n])) if losses else None,
-                       last_10pct_loss=float(np.mean(losses[-n:])) if losses else None,
-                       skipped_clips=getattr(source, "skipped_clips", 0))
-        atomic_write_json(os.path.join(workdir, "summary.json"), summary)
-        return summary
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        writer.close()
-        manager.close()
+    with tqdm(total=tc.steps, initial=start, desc=f"{stage.name}", unit="step") as bar:
+        metrics = _Metrics(stage, tc, writer, bar, manager, schedule)
+        for step in range(start, tc.steps):
+            done = step + 1
+            batch = next(loader)
+            state, step_metrics = train_step(state, frozen, batch)
+            metrics.push(done, step_metrics)
+            checkpoint = done % tc.checkpoint_every == 0 or done == tc.steps or stop["signal"]
+            sample = tc.sample_every and (done % tc.sample_every == 0 or done == tc.steps)
+            if not (checkpoint or sample):
+                continue
+            metrics.flush()  # the host acts on this step: read it first
+            if checkpoint:
+                save(done)
+            if sample:
+                real, fake = sample_fn(state["params"], frozen, batch, jax.random.key(done))
+                os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+                _write_video(os.path.join(workdir, "samples", f"step_{done}.mp4"), real, fake, config.video.fps)
+            if stop["signal"]:
+                log.warning("signal %s: saved step %d, stopping", stop["signal"], done)
+                break
+        metrics.flush()
+    return state, metrics.losses
+
+
+def _finish(config, tc, stage, state, losses, source, workdir) -> dict:
+    """Export a finished stage (after its finish hook) and write the run's summary."""
+    finished = int(state["step"]) >= tc.steps
+    if finished:
+        extra = {}
+        if stage.finish is not None:
+            stats_loader = make_loader(source, tc.batch_size, seed=config.data.seed + 1)
+            extra = stage.finish(state["params"], [next(stats_loader) for _ in range(FINISH_BATCHES)])
+        exported = state["params"] if stage.export_params is None else stage.export_params(state["params"])
+        ckpt.save_export(workdir, exported, dict(stage.info, steps=tc.steps, **extra))
+    n = max(1, len(losses) // 10)
+    summary = dict(stage=stage.name, workdir=workdir, step=int(state["step"]), finished=finished,
+                   first_10pct_loss=float(np.mean(losses[:n])) if losses else None,
+                   last_10pct_loss=float(np.mean(losses[-n:])) if losses else None,
+                   skipped_clips=getattr(source, "skipped_clips", 0))
+    atomic_write_json(os.path.join(workdir, "summary.json"), summary)
+    return summary
