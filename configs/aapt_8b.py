@@ -7,16 +7,13 @@ divide by 8, so Ulysses context parallelism over 8 GPUs splits heads evenly.
 
 from ml_collections import ConfigDict
 
+from configs import wan2_1_t2v_1_3b
+
 
 def get_config() -> ConfigDict:
-    c = ConfigDict()
+    c = wan2_1_t2v_1_3b.get_config()  # Wan's block, text encoder and patch
     c.name = "aapt-8B"
-    c.model = ConfigDict(dict(
-        num_layers=36, num_heads=32, head_dim=128, ffn_dim=10752, latent_channels=16, patch_size=(1, 2, 2),
-        text_dim=4096, text_len=512, freq_dim=256, causal=True, window=30, recycle_input=True,
-        attention_impl="xla", dtype="bfloat16", param_dtype="float32",
-    ))
-    c.control = ConfigDict(dict(kind="none"))
+    c.model.update(dict(num_layers=36, num_heads=32, ffn_dim=10752, causal=True))
     c.video = ConfigDict(dict(height=416, width=736, fps=24, vae_spatial=8, vae_temporal=4))
     c.vae = ConfigDict(dict(preset="wan2.1-light-decoder", checkpoint=""))
     c.sample = ConfigDict(dict(num_frames=360, batch=1, seed=0))

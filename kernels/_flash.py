@@ -169,6 +169,13 @@ class ParallelFrames:
     def key_frames(self, start, size, ref=None):
         return self._frames(start, size)
 
+    def _block_frame_span(self, block, size):
+        """The first and last frame of block ``block`` of ``size`` tokens (real tokens only)."""
+        xp, div = _ops(block)
+        first = block * size
+        last = xp.minimum(first + size, self.length) - 1
+        return div(first, self.tokens_per_frame), div(last, self.tokens_per_frame)
+
     def key_block_ranges(self, q_block, block_q, block_k):
         """Half-open key-block ranges ``[(lo, hi), ...]`` query block ``q_block`` visits.
 
@@ -178,12 +185,9 @@ class ParallelFrames:
         """
         s, n = self.tokens_per_frame, self.window
         xp, div = _ops(q_block)
-        num_k = -(-self.length // block_k)
         if n is None:
-            return [(xp.zeros_like(q_block), xp.full_like(q_block, num_k))]
-        first = q_block * block_q
-        last = xp.minimum(first + block_q, self.length) - 1
-        f_lo, f_hi = div(first, s), div(last, s)
+            return [(xp.zeros_like(q_block), xp.full_like(q_block, -(-self.length // block_k)))]
+        f_lo, f_hi = self._block_frame_span(q_block, block_q)
         window_lo = div(xp.maximum(f_lo - n, 0) * s, block_k)
         window_hi = div((f_hi + 1) * s + block_k - 1, block_k)
         sink_hi = xp.minimum(-(-s // block_k), window_lo)
@@ -200,9 +204,7 @@ class ParallelFrames:
         num_q = -(-self.length // block_q)
         if n is None:
             return [(xp.zeros_like(k_block), xp.full_like(k_block, num_q))]
-        first = k_block * block_k
-        last = xp.minimum(first + block_k, self.length) - 1
-        f_lo, f_hi = div(first, s), div(last, s)
+        f_lo, f_hi = self._block_frame_span(k_block, block_k)
         is_sink = f_lo == 0
         lo = xp.where(is_sink, 0, div(f_lo * s, block_q))
         hi = xp.where(is_sink, num_q,
@@ -289,6 +291,17 @@ def _run_loops(ranges, body, carry, visible_fn, skip_empty):
     return carry
 
 
+def _keys_visible(frames, q_frames, block_k: int, kid_ref):
+    """``k_block -> [block_q, block_k]`` bool: which keys of key block ``k_block`` the query
+    block (frames ``q_frames``) sees; the forward and dq kernels' mask."""
+
+    def visible(k_block):
+        k_start = pl.multiple_of(k_block * block_k, block_k)
+        return frame_visible(q_frames, frames.key_frames(k_start, block_k, kid_ref), frames.window)
+
+    return visible
+
+
 def _forward_kernel(*refs, spec: Spec):
     frames, blocks = spec.frames, spec.blocks
     bq, bk = blocks.block_q, blocks.block_k
@@ -302,9 +315,7 @@ def _forward_kernel(*refs, spec: Spec):
     q_frames = frames.query_frames(q_block * bq, bq, qid_ref)
     scale = spec.sm_scale * LOG2_E
 
-    def visible_fn(k_block):
-        k_start = pl.multiple_of(k_block * bk, bk)
-        return frame_visible(q_frames, frames.key_frames(k_start, bk, kid_ref), frames.window)
+    visible_fn = _keys_visible(frames, q_frames, bk, kid_ref)
 
     def body(k_block, visible, carry):
         acc, m_prev, l_prev = carry
@@ -345,9 +356,7 @@ def _dq_kernel(*refs, spec: Spec):
     q_frames = frames.query_frames(q_block * bq, bq, qid_ref)
     scale = spec.sm_scale * LOG2_E
 
-    def visible_fn(k_block):
-        k_start = pl.multiple_of(k_block * bk, bk)
-        return frame_visible(q_frames, frames.key_frames(k_start, bk, kid_ref), frames.window)
+    visible_fn = _keys_visible(frames, q_frames, bk, kid_ref)
 
     def body(k_block, visible, dq):
         k_slice = pl.ds(pl.multiple_of(k_block * bk, bk), bk)

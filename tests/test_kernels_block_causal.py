@@ -14,6 +14,7 @@ from aapt_jax.kernels import _flash
 from aapt_jax.kernels.block_causal_attention import (block_causal_attention,
                                             block_causal_attention_reference, parallel_spec)
 from aapt_jax.kernels._flash import BlockSizes
+from numerics import rel_err
 
 SMALL = BlockSizes(block_q=16, block_k=16, block_q_dq=16, block_k_dq=16, block_q_dkv=16,
                    block_k_dkv=16)
@@ -41,11 +42,6 @@ def _out_and_grads(fn):
     return jax.jit(run)
 
 
-def _rel_err(got, want):
-    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
-    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
-
-
 CASES = [
     # name, batch, frames, S, heads, kv_heads, head_dim, window, blocks, dtype
     ("window<seq,straddle,gqa", 2, 6, 20, 4, 2, 64, 2, SMALL, jnp.float32),
@@ -71,7 +67,7 @@ def test_forward_and_gradients_match_reference(case):
     tol = 1e-5 if dtype == jnp.float32 else 2e-2
     for label, g, w in zip(("out", "dq", "dk", "dv"), got, want):
         assert g.shape == w.shape and g.dtype == w.dtype, label
-        assert _rel_err(g, w) <= tol, (label, _rel_err(g, w))
+        assert rel_err(g, w) <= tol, (label, rel_err(g, w))
 
 
 def _tile_occupancy(q_ids, k_ids, window, block_q, block_k):
@@ -136,31 +132,35 @@ def _poison_rows(x, blocks, block):
     return jnp.where(jnp.asarray(rows)[None, :, None, None], jnp.nan, x)
 
 
+def _poison_invisible(visible, *xs, block=16):
+    """``xs`` with NaN rows in every block of ``block`` tokens that ``visible`` (one row or
+    column of the tile occupancy) marks invisible; there must be one."""
+    hidden = np.flatnonzero(~visible)
+    assert hidden.size > 0
+    return [_poison_rows(x, hidden, block) for x in xs]
+
+
 @pytest.mark.parametrize("q_block", [1, 5, 7])
 def test_forward_and_dq_never_read_invisible_key_blocks(poison_setup, q_block):
     q, k, v, do, kernel, reference, occupancy, clean = poison_setup
-    hidden = np.flatnonzero(~occupancy[q_block])
-    assert hidden.size > 0
-    k_bad, v_bad = _poison_rows(k, hidden, 16), _poison_rows(v, hidden, 16)
+    k_bad, v_bad = _poison_invisible(occupancy[q_block], k, v)
     rows = slice(q_block * 16, (q_block + 1) * 16)
     # Control: dense attention reads every key, so the poison reaches its output.
     assert np.isnan(np.asarray(reference(q, k_bad, v_bad, do)[0][:, rows])).any()
     out, dq, _, _ = kernel(q, k_bad, v_bad, do)
-    assert _rel_err(out[:, rows], clean[0][:, rows]) <= 1e-5
-    assert _rel_err(dq[:, rows], clean[1][:, rows]) <= 1e-5
+    assert rel_err(out[:, rows], clean[0][:, rows]) <= 1e-5
+    assert rel_err(dq[:, rows], clean[1][:, rows]) <= 1e-5
 
 
 @pytest.mark.parametrize("k_block", [2, 4, 6])
 def test_dkv_never_reads_invisible_query_blocks(poison_setup, k_block):
     q, k, v, do, kernel, reference, occupancy, clean = poison_setup
-    hidden = np.flatnonzero(~occupancy[:, k_block])
-    assert hidden.size > 0
-    q_bad, do_bad = _poison_rows(q, hidden, 16), _poison_rows(do, hidden, 16)
+    q_bad, do_bad = _poison_invisible(occupancy[:, k_block], q, do)
     rows = slice(k_block * 16, (k_block + 1) * 16)
     assert np.isnan(np.asarray(reference(q_bad, k, v, do_bad)[2][:, rows])).any()
     _, _, dk, dv = kernel(q_bad, k, v, do_bad)
-    assert _rel_err(dk[:, rows], clean[2][:, rows]) <= 1e-5
-    assert _rel_err(dv[:, rows], clean[3][:, rows]) <= 1e-5
+    assert rel_err(dk[:, rows], clean[2][:, rows]) <= 1e-5
+    assert rel_err(dv[:, rows], clean[3][:, rows]) <= 1e-5
 
 
 def _cuda_text(fn, *args):
@@ -238,7 +238,7 @@ def test_dispatched_through_the_attention_api():
     kw = dict(window=1, tokens_per_frame=s, layout="parallel")
     want = attention(q, k, v, ids, ids, impl="xla", **kw)
     got = attention(q, k, v, ids, ids, impl="pallas", **kw)
-    assert _rel_err(got, want) <= 1e-5
+    assert rel_err(got, want) <= 1e-5
     # impl='auto' falls back explicitly: unsupported head dim, layout, or a CPU backend
     # (where the kernel would only run interpreted) go to XLA with the same numbers.
     odd = _zeros((1, frames * s, 2, 96))

@@ -8,6 +8,7 @@ import pytest
 from aapt_jax.model.attention import attention
 from aapt_jax.kernels.decode_attention import decode_attention, decode_attention_reference
 from aapt_jax.kernels._flash import BlockSizes
+from numerics import rel_err
 
 SMALL = BlockSizes(block_q=16, block_k=16, block_q_dq=16, block_k_dq=16, block_q_dkv=16,
                    block_k_dkv=16)
@@ -36,11 +37,6 @@ def _out_and_grads(fn, blocks=None):
     return jax.jit(run)
 
 
-def _rel_err(got, want):
-    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
-    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
-
-
 # slot ids [sink | 4 ring slots | current] and the query frame.
 CACHES = {
     "first_frame": ([-1, -1, -1, -1, -1, 0], 0),          # nothing cached yet
@@ -65,7 +61,7 @@ def test_decode_matches_reference_for_every_cache_state(heads, kv_heads, head_di
         got, want = kernel(q, k, v, ids, cur, do), reference(q, k, v, ids, cur, do)
         for label, g, w in zip(("out", "dq", "dk", "dv"), got, want):
             assert g.shape == w.shape and g.dtype == w.dtype, (name, label)
-            assert _rel_err(g, w) <= tol, (name, label, _rel_err(g, w))
+            assert rel_err(g, w) <= tol, (name, label, rel_err(g, w))
 
 
 def test_blocks_of_empty_and_out_of_window_slots_are_never_read():
@@ -100,7 +96,7 @@ def test_decode_through_the_attention_api():
     want = attention(q, k, v, q_frames, k_frames, impl="xla", **kw)
     got = jax.jit(lambda q, k, v, qf, kf: attention(q, k, v, qf, kf, impl="pallas", **kw))(
         q, k, v, q_frames, k_frames)
-    assert _rel_err(got, want) <= 1e-5
+    assert rel_err(got, want) <= 1e-5
     with pytest.raises(ValueError, match="one frame of tokens_per_frame"):
         attention(q[:, :10], k, v, q_frames[:10], k_frames, impl="pallas", **kw)
 

@@ -92,14 +92,20 @@ def encode_to_shards(out: str, data_cfg, vae, *, vae_preset: str, vae_checkpoint
             raise ValueError(f"data.{side}: expected a multiple of the VAE's spatial ratio "
                              f"{vcfg.spatial_ratio}, got {data[side]}")
     source = make_source(data)
-    encode = make_clip_encoder(vcfg, graphdef)
+    meta = _meta(data, vcfg, source[0], vae_preset, vae_checkpoint)
+    records = _records(source, make_clip_encoder(vcfg, graphdef), params, count, batch_size, progress)
+    return write_shards(out, records, count, shard_size, meta)
+
+
+def _meta(data: dict, vcfg, probe: dict, vae_preset: str, vae_checkpoint: str) -> dict:
+    """``meta.json``: the shapes of every record array (from the source's first clip
+    ``probe``), the VAE's provenance and latent statistics, the data config."""
     latent_shape = [1 + data["latent_frames"], data["height"] // vcfg.spatial_ratio,
                     data["width"] // vcfg.spatial_ratio, vcfg.z_dim]
-    probe = source[0]
     arrays = {"latents": {"shape": latent_shape, "dtype": "float32"}}
     arrays.update({k: {"shape": list(v.shape), "dtype": str(v.dtype)}
                    for k, v in probe.items() if k != "video"})
-    meta = dict(
+    return dict(
         format=FORMAT, version=VERSION, created_unix=time.time(),
         latent_frames=data["latent_frames"], height=data["height"], width=data["width"],
         latent_shape=latent_shape, text_shape=list(probe["text"].shape), arrays=arrays,
@@ -108,21 +114,21 @@ def encode_to_shards(out: str, data_cfg, vae, *, vae_preset: str, vae_checkpoint
                  spatial_ratio=vcfg.spatial_ratio, temporal_ratio=vcfg.temporal_ratio, z_dim=vcfg.z_dim),
         source=data)
 
-    def records():
-        # Clips are rendered / decoded by grain's reader threads while the VAE runs.
-        read = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * batch_size)
-        batches = (grain.MapDataset.source(source).to_iter_dataset(read)
-                   .batch(batch_size, drop_remainder=False))
-        with tqdm(total=count, desc="encode", unit="clip", disable=not progress) as bar:
-            for batch in batches:
-                n = len(batch["video"])
-                video = batch["video"]
-                if n < batch_size:  # pad with copies of the last clip: one compiled shape
-                    video = np.concatenate([video, np.repeat(video[-1:], batch_size - n, 0)])
-                latents = np.asarray(encode(params, video), np.float32)[:n]
-                for i in range(n):
-                    record = {k: v[i] for k, v in batch.items() if k != "video"}
-                    yield {"latents": latents[i], **record}
-                bar.update(n)
 
-    return write_shards(out, records(), count, shard_size, meta)
+def _records(source, encode, params, count: int, batch_size: int, progress: bool):
+    """One record per clip, in order: its latents and every other array of the clip but the
+    video. Clips are rendered / decoded by grain's reader threads while the VAE runs."""
+    read = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * batch_size)
+    batches = (grain.MapDataset.source(source).to_iter_dataset(read)
+               .batch(batch_size, drop_remainder=False))
+    with tqdm(total=count, desc="encode", unit="clip", disable=not progress) as bar:
+        for batch in batches:
+            n = len(batch["video"])
+            video = batch["video"]
+            if n < batch_size:  # pad with copies of the last clip: one compiled shape
+                video = np.concatenate([video, np.repeat(video[-1:], batch_size - n, 0)])
+            latents = np.asarray(encode(params, video), np.float32)[:n]
+            for i in range(n):
+                record = {k: v[i] for k, v in batch.items() if k != "video"}
+                yield {"latents": latents[i], **record}
+            bar.update(n)

@@ -205,6 +205,41 @@ def _parse_what(what) -> tuple[str, ...]:
     return items
 
 
+def _resolve(source: CheckpointSource, checkpoint: str, pieces, vae: str):
+    """Every piece checked before anything is written, naming the first one missing: (the
+    generator's config or None, the generator's prefix in the checkpoint, the VAE plan or
+    None; a VAE nobody asked for is read for the latent statistics in aapt.json alone)."""
+    cfg = None
+    if "generator" in pieces or "discriminator" in pieces:
+        if "model" not in source.info:
+            raise ValueError(f"generator: {source.path} holds a {source.stage!r} stage, which has no generator")
+        cfg = DiTConfig.from_mapping(source.info["model"])
+    gen_prefix = source.prefix("generator") if source.stage == "adversarial" and source.step is not None \
+        else source.prefix()
+    if "generator" in pieces:
+        _check_tree(source, gen_prefix, {p: s for p, (s, _) in _flat_shapes(abstract_params(cfg)).items()},
+                    "generator")
+    if "discriminator" in pieces:
+        if not source.tensors.subtree(source.prefix("discriminator")):
+            raise ValueError(f"discriminator: {source.path} holds no discriminator (only the adversarial stage's "
+                             f"training checkpoints do; its export keeps the generator alone)")
+        _check_tree(source, source.prefix("discriminator", "backbone"),
+                    {p: s for p, (s, _) in _flat_shapes(abstract_params(cfg)).items()}, "discriminator")
+    vae_plan = None
+    vae_source = vae or (checkpoint if source.stage == "vae" else source.info.get("vae_checkpoint", ""))
+    if "vae" in pieces:
+        if not vae_source:
+            raise ValueError(f"vae: {source.path} records no VAE checkpoint (its stage ran with a random VAE); "
+                             f"pass --vae=DIR or leave vae out of --what")
+        vae_plan = _vae_plan(vae_source)
+    elif vae_source:
+        try:
+            vae_plan = _vae_plan(vae_source)
+        except ValueError:
+            vae_plan = None
+    return cfg, gen_prefix, vae_plan
+
+
 def convert(checkpoint: str, out: str, *, dtype: str = "bfloat16", what=("generator", "vae"), vae: str = "",
             max_shard_bytes: int = 2 << 30) -> dict:
     """Convert ``checkpoint`` (a stage workdir or ``WORKDIR/checkpoints/STEP``) into ``out``.
@@ -232,36 +267,7 @@ def convert(checkpoint: str, out: str, *, dtype: str = "bfloat16", what=("genera
     if max_shard_bytes < 1:
         raise ValueError(f"max_shard_bytes: expected a positive int, got {max_shard_bytes}")
     source = CheckpointSource(checkpoint)
-
-    # Resolve every piece before writing anything, naming the first one missing.
-    cfg = None
-    if "generator" in pieces or "discriminator" in pieces:
-        if "model" not in source.info:
-            raise ValueError(f"generator: {source.path} holds a {source.stage!r} stage, which has no generator")
-        cfg = DiTConfig.from_mapping(source.info["model"])
-    gen_prefix = source.prefix("generator") if source.stage == "adversarial" and source.step is not None \
-        else source.prefix()
-    if "generator" in pieces:
-        _check_tree(source, gen_prefix, {p: s for p, (s, _) in _flat_shapes(abstract_params(cfg)).items()},
-                    "generator")
-    if "discriminator" in pieces:
-        if not source.tensors.subtree(source.prefix("discriminator")):
-            raise ValueError(f"discriminator: {source.path} holds no discriminator (only the adversarial stage's "
-                             f"training checkpoints do; its export keeps the generator alone)")
-        _check_tree(source, source.prefix("discriminator", "backbone"),
-                    {p: s for p, (s, _) in _flat_shapes(abstract_params(cfg)).items()}, "discriminator")
-    vae_plan = None
-    vae_source = vae or (checkpoint if source.stage == "vae" else source.info.get("vae_checkpoint", ""))
-    if "vae" in pieces:
-        if not vae_source:
-            raise ValueError(f"vae: {source.path} records no VAE checkpoint (its stage ran with a random VAE); "
-                             f"pass --vae=DIR or leave vae out of --what")
-        vae_plan = _vae_plan(vae_source)
-    elif vae_source:
-        try:  # only for the latent statistics in aapt.json
-            vae_plan = _vae_plan(vae_source)
-        except ValueError:
-            vae_plan = None
+    cfg, gen_prefix, vae_plan = _resolve(source, checkpoint, pieces, vae)
 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)

@@ -8,6 +8,7 @@ process dies, so a killed run never leaves a stale lock behind.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -27,6 +28,26 @@ def _atomic_write(path: str, suffix: str, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are for people to open
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path, mode: int | None = 0o644):
+    """For writers that open a file by name (safetensors, PyAV): a temporary path beside
+    ``path``, renamed to ``path`` when the block ends (``mode`` set first: mkstemp makes
+    0600) and removed if the block raises."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix="." + os.path.basename(path) + ".",
+                               suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

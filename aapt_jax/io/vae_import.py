@@ -14,13 +14,13 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from aapt_jax.io.files import atomic_path
 from aapt_jax.io.safetensors_io import check_keys, load_config, load_state_dict
 from aapt_jax.model.vae import abstract_vae
 from aapt_jax.model.vae_config import VAEConfig
@@ -144,21 +144,7 @@ def save_vae(directory: str, config: VAEConfig, params: nnx.State) -> None:
     os.makedirs(directory, exist_ok=True)
     weights = export_state_dict(config, params)
 
-    def write(name, fill):
-        path = os.path.join(directory, name)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + name + ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            fill(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-
-    def write_json(tmp):
-        with open(tmp, "w") as f:
-            json.dump(config.to_diffusers(), f, indent=2)
-
-    write("diffusion_pytorch_model.safetensors", lambda tmp: save_file(weights, tmp))
-    write("config.json", write_json)
+    with atomic_path(os.path.join(directory, "diffusion_pytorch_model.safetensors"), mode=None) as tmp:
+        save_file(weights, tmp)
+    with atomic_path(os.path.join(directory, "config.json"), mode=None) as tmp, open(tmp, "w") as f:
+        json.dump(config.to_diffusers(), f, indent=2)

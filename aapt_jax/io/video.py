@@ -12,12 +12,13 @@ import dataclasses
 import fractions
 import logging
 import os
-import tempfile
 
 import av
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from aapt_jax.io.files import atomic_path
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
@@ -147,26 +148,16 @@ def write_mp4(path, frames, fps: float, crf: int = 18) -> None:
                          f"{frames.shape[1]}x{frames.shape[2]}")
     if not fps > 0:
         raise ValueError(f"write_mp4 fps: expected a positive number, got {fps!r}")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        with av.open(tmp, mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
-            stream.height, stream.width = frames.shape[1], frames.shape[2]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode(None):
+    with atomic_path(path) as tmp, av.open(tmp, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
+        stream.height, stream.width = frames.shape[1], frames.shape[2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a video is for people to open
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        for packet in stream.encode(None):
+            container.mux(packet)
 
 
 def _array_module(x):

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -122,39 +123,43 @@ def sample_long(model, first, text, controls, key, *, num_frames: int, num_steps
         raise ValueError(f"num_steps: expected an int >= 1, got {num_steps!r}")
     B, _, h, w, C = first.shape
     check_control(cfg, controls, B, h, w, frames=num_frames)
-    K, N = num_frames, cfg.window
     grid = flow.distillation_grid(num_steps, shift)[::-1]
     if noise is None:
         def noise(key, p, indices):
             draw = jax.random.normal(jax.random.fold_in(key, p), (B, indices.shape[0] + 1, h, w, C), first.dtype)
             return draw[:, :-1], draw[:, -1:]
 
-    def gather(frames, indices, keep):
-        """frames ``[B, K, ...]`` at ``indices`` ``[N + 2]`` (clipped: out-of-range slots are
-        hidden by the mask anyway), zeroed where ``keep`` is False."""
-        picked = jnp.take(frames, jnp.clip(indices, 0, K - 1), axis=1)
-        return jnp.where(keep.reshape(1, -1, 1, 1, 1), picked, jnp.zeros((), picked.dtype))
+    one_frame = functools.partial(_long_frame, model, first, text, controls, key, grid, noise)
+    return jax.lax.fori_loop(0, num_frames, one_frame, jnp.zeros((B, num_frames, h, w, C), first.dtype))
 
-    def one_frame(p, frames):
-        indices, slot = window_frame_indices(p, N)
-        past, upto = indices < p, indices <= p
-        clean = gather(frames, indices, past)  # generated frames of the context slots
-        # Recycled input of position q is frame q: the given first frame for q = 0, else
-        # generated frame q (stored at frames[q - 1]).
-        recycled = jnp.where((indices == 0).reshape(1, -1, 1, 1, 1), first,
-                             gather(frames, indices - 1, upto))
-        control = None if controls is None else gather(controls, indices, upto)
-        ctx_eps, x = noise(key, p, indices)
 
-        def solver_step(x, ts):
-            t, t_next = ts
-            tb = jnp.full((B,), t)
-            x_all = jnp.where(past.reshape(1, -1, 1, 1, 1), flow.noisy(clean, ctx_eps, tb), 0.0)
-            x_all = jax.lax.dynamic_update_slice_in_dim(x_all.astype(x.dtype), x, slot, axis=1)
-            v = model(x_all, 1000.0 * tb, text, recycled=recycled, control=control, frame_indices=indices)
-            return x + (t_next - t) * jax.lax.dynamic_slice_in_dim(v, slot, 1, axis=1), None
+def _gather(frames, indices, keep):
+    """frames ``[B, K, ...]`` at ``indices`` ``[N + 2]`` (clipped: out-of-range slots are
+    hidden by the mask anyway), zeroed where ``keep`` is False."""
+    picked = jnp.take(frames, jnp.clip(indices, 0, frames.shape[1] - 1), axis=1)
+    return jnp.where(keep.reshape(1, -1, 1, 1, 1), picked, jnp.zeros((), picked.dtype))
 
-        x, _ = jax.lax.scan(solver_step, x.astype(first.dtype), (grid[:-1], grid[1:]))
-        return jax.lax.dynamic_update_slice_in_dim(frames, x.astype(frames.dtype), p, axis=1)
 
-    return jax.lax.fori_loop(0, K, one_frame, jnp.zeros((B, K, h, w, C), first.dtype))
+def _long_frame(model, first, text, controls, key, grid, noise, p, frames):
+    """:func:`sample_long`'s position ``p``: its window's Euler solve; returns ``frames``
+    with generated frame ``p`` written in."""
+    B = first.shape[0]
+    indices, slot = window_frame_indices(p, model.cfg.window)
+    past, upto = indices < p, indices <= p
+    clean = _gather(frames, indices, past)  # generated frames of the context slots
+    # Recycled input of position q is frame q: the given first frame for q = 0, else
+    # generated frame q (stored at frames[q - 1]).
+    recycled = jnp.where((indices == 0).reshape(1, -1, 1, 1, 1), first, _gather(frames, indices - 1, upto))
+    control = None if controls is None else _gather(controls, indices, upto)
+    ctx_eps, x = noise(key, p, indices)
+
+    def solver_step(x, ts):
+        t, t_next = ts
+        tb = jnp.full((B,), t)
+        x_all = jnp.where(past.reshape(1, -1, 1, 1, 1), flow.noisy(clean, ctx_eps, tb), 0.0)
+        x_all = jax.lax.dynamic_update_slice_in_dim(x_all.astype(x.dtype), x, slot, axis=1)
+        v = model(x_all, 1000.0 * tb, text, recycled=recycled, control=control, frame_indices=indices)
+        return x + (t_next - t) * jax.lax.dynamic_slice_in_dim(v, slot, 1, axis=1), None
+
+    x, _ = jax.lax.scan(solver_step, x.astype(first.dtype), (grid[:-1], grid[1:]))
+    return jax.lax.dynamic_update_slice_in_dim(frames, x.astype(frames.dtype), p, axis=1)

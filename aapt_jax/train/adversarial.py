@@ -56,8 +56,8 @@ class AdversarialConfig:
     """forcing: 'student' | 'teacher'; segment_frames: generated latent frames judged per
     segment (``K``); overlap: frames of the previous segment each extended segment is
     judged with; extensions: extra segments; r_sigma/r_lambda: aR1/aR2 noise and weight."""
+    segment_frames: int  # no default: the data clips' frames after the first, or fewer
     forcing: str = "student"
-    segment_frames: int = 8
     overlap: int = 2
     extensions: int = 0
     r_sigma: float = 0.1

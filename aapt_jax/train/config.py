@@ -30,6 +30,15 @@ class TrainConfig:
     steps: int = 300
     batch_size: int = 2
     seed: int = 0
+    # Where the weights start: the previous stage's workdir (or a diffusers transformer for
+    # stage 1); random_init skips it (throughput benchmarks).
+    init_from: str = ""
+    random_init: bool = False
+    # Checkpoints, logs and sample videos (every N steps; sample_every 0 = none).
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    restore_step: int = 0  # 0 = the latest
+    log_every: int = 10
     # Optimizer: AdamW (stages 0-2) or RMSProp (stage 3); linear warmup; global-norm clipping (0 = off).
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -40,36 +49,29 @@ class TrainConfig:
     # Flow matching: timestep shift of the training noise, consistency-distillation grid.
     shift: float = 24.0
     distill_steps: int = 32
-    # Multi-step previews (stage 0 and 1 samples) and the drift evaluation of stage 1.
-    sample_steps: int = 16
-    sample_shift: float = 5.0
-    # Checkpoints, logs and sample videos (every N steps; sample_every 0 = none).
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 3
-    restore_step: int = 0  # 0 = the latest
-    log_every: int = 10
-    sample_every: int = 0
-    # Where the weights start: the previous stage's workdir (or a diffusers transformer for
-    # stage 1); random_init skips it (throughput benchmarks).
-    init_from: str = ""
-    random_init: bool = False
-    kl_weight: float = 1e-4  # the vae stage's KL term
     # What the vae stage's decoder learns from: a posterior sample ("sample", a VAE as Wan's)
     # or the posterior mean ("mean": what every generator stage encodes with, and what
     # diffusers' Wan pipelines take, mode/argmax). With a small KL weight the sample's noise
     # (std 1 at init) swamps the latents for hundreds of steps; "mean" learns at once.
     vae_posterior: str = "sample"
-    # Stage 3 (aapt_jax/train/adversarial.py): forcing, segments and the aR1/aR2 regularizer
-    # (segment_frames 0 = data.latent_frames).
+    kl_weight: float = 1e-4  # the vae stage's KL term
+    # Multi-step previews (stage 0 and 1 samples, every sample_every steps) and the drift
+    # evaluation of stage 1.
+    sample_every: int = 0
+    sample_steps: int = 16
+    sample_shift: float = 5.0
+    # Stage 3 (aapt_jax/train/adversarial.py): forcing, segments (segment_frames 0 =
+    # data.latent_frames) and extension segments.
     forcing: str = "student"
     segment_frames: int = 0
     overlap: int = 2
     extensions: int = 0
+    # Stage 3's discriminator: backbone from this stage 1 workdir, the aR1/aR2 regularizer's
+    # noise and weight, logit heads after these blocks (negative: from the end), its lr
+    # (0 = lr), RMSProp alpha, divergence bound.
+    disc_init_from: str = ""
     r_sigma: float = 0.1
     r_lambda: float = 1000.0
-    # Stage 3's discriminator: backbone from this stage 1 workdir, logit heads after these
-    # blocks (negative: from the end), its lr (0 = lr), RMSProp alpha, divergence bound.
-    disc_init_from: str = ""
     disc_layers: tuple[int, ...] = (-3, -1)
     disc_head_dim: int = 64
     disc_lr: float = 0.0
