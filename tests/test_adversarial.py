@@ -111,8 +111,8 @@ def test_discriminator_checkpoint_must_match_generator(tmp_path):
     other = gen_cfg.replace(num_layers=3)
     _, d = create(other, 0)
     ckpt.save_export(str(tmp_path / "adapt"), nnx.to_pure_dict(d), {"stage": "adapt", "model": other.to_dict()})
-    _, _, vae = load_vae("tiny", "", allow_random=True)
-    ckpt.save_export(str(tmp_path / "vae"), vae, {"stage": "vae", "vae_preset": "tiny"})
+    _, _, vae = load_vae(c.vae.preset, "", allow_random=True)
+    ckpt.save_export(str(tmp_path / "vae"), vae, {"stage": "vae", "vae_preset": c.vae.preset})
     c.vae.checkpoint = str(tmp_path / "vae")
     c.train.init_from, c.train.disc_init_from = str(tmp_path / "cd"), str(tmp_path / "adapt")
     with pytest.raises(ValueError, match=r"train.disc_init_from.*num_layers=3"):

@@ -63,7 +63,8 @@ def test_stage_config_builds_validated_model_and_data(name, stage):
     vcfg = get_vae_config(c.vae.preset)
     check_data_geometry(c, vcfg)
     assert (c.video.vae_spatial, c.video.vae_temporal) == (vcfg.spatial_ratio, vcfg.temporal_ratio)
-    assert (model.latent_height, model.latent_width) == (data["height"] // 8, data["width"] // 8)
+    assert (model.latent_height, model.latent_width) == (data["height"] // vcfg.spatial_ratio,
+                                                         data["width"] // vcfg.spatial_ratio)
     assert (data["text_len"], data["text_dim"]) == (model.text_len, model.text_dim)
     needed = set(REQUIRED_CONTROL_INPUTS[control.kind])
     assert needed <= SOURCE_INPUTS[data["source"]], f"{control.kind} control on {data['source']} clips"

@@ -23,7 +23,7 @@ from aapt_jax.model.vae_config import get_vae_config
 from configs import tiny_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# 32x32 video (4x4 latents), 8 fps (a second is 2 latent frames), a 1-layer generator.
+# 32x32 video (8x8 latents, 2x2 tokens), 8 fps (a second is 2 latent frames), a 1-layer generator.
 OVERRIDES = dict(height=32, width=32, fps=8, num_layers=1, window=2)
 
 
@@ -48,17 +48,18 @@ def exports(tmp_path_factory):
     """Workdirs of a tiny VAE export and 'adapt' / 'distill' generator exports (random weights)."""
     root = tmp_path_factory.mktemp("exports")
     config = _config()
-    vcfg = get_vae_config("tiny")
+    vcfg = get_vae_config(config.vae.preset)
     _, vae_params = vae_lib.init_vae(vcfg, 0)
     save_export(str(root / "vae"), nnx.to_pure_dict(vae_params),
-                {"stage": "vae", "vae_preset": "tiny", "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16})
+                {"stage": "vae", "vae_preset": config.vae.preset, "latents_mean": [0.0] * vcfg.z_dim,
+                 "latents_std": [1.0] * vcfg.z_dim})
     cfg = configs.model_config(config)
     shapes = nnx.to_pure_dict(abstract_params(cfg))
     for i, stage in enumerate(("adapt", "distill")):
         # numpy draws: nnx's init compiles a sampler per parameter shape (seconds on CPU).
         rng = np.random.default_rng(i)
         params = jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
-        save_export(str(root / stage), params, {"stage": stage, "model": cfg.to_dict(), "vae_preset": "tiny"})
+        save_export(str(root / stage), params, {"stage": stage, "model": cfg.to_dict(), "vae_preset": config.vae.preset})
     return root
 
 

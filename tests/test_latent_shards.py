@@ -27,6 +27,9 @@ COUNT, SHARD_SIZE = 6, 4
 GEOMETRY = dict(height=32, width=32, latent_frames=2)
 
 
+PRESET = tiny_world.get_config("adapt").vae.preset
+
+
 def _config(**data):
     """tiny_world's adapt stage at 32x32, 1 + 2 latent frames, random init (VAE seed 0)."""
     c = tiny_world.get_config("adapt")
@@ -50,7 +53,7 @@ def encoded(tmp_path_factory):
     try:
         world = S.make_source(_config().data)
         items = [world[i] for i in range(COUNT)]
-        _, graphdef, params = load_vae("tiny", "", seed=0, allow_random=True)  # what --vae= encodes with
+        _, graphdef, params = load_vae(PRESET, "", seed=0, allow_random=True)  # what --vae= encodes with
         video = jnp.asarray(np.stack([it["video"] for it in items]), jnp.float32) / 127.5 - 1.0
         expected = np.asarray(vae_lib.encode(graphdef, params, video)[0])
         stdout, stderr = proc.communicate(timeout=300)
@@ -74,16 +77,16 @@ def _equal(a, b):
 def test_shards_hold_the_vae_latents_and_exact_controls(encoded):
     shards, items, expected = encoded
     meta = json.load(open(os.path.join(shards, L.META_FILE)))
-    assert meta["count"] == COUNT and len(meta["shards"]) == 2 and meta["latent_shape"] == [3, 4, 4, 16]
-    assert meta["vae"]["preset"] == "tiny" and meta["vae"]["checkpoint"] == ""
-    assert meta["vae"]["latents_std"] == [1.0] * 16 and meta["source"]["source"] == "world"
+    assert meta["count"] == COUNT and len(meta["shards"]) == 2 and meta["latent_shape"] == [3, 8, 8, 48]  # 32x32 / 4, z_dim 48
+    assert meta["vae"]["preset"] == PRESET and meta["vae"]["checkpoint"] == ""
+    assert meta["vae"]["latents_std"] == [1.0] * 48 and meta["source"]["source"] == "world"
     assert sorted(os.listdir(shards)) == sorted(meta["shards"] + [L.META_FILE])
 
     loader = S.make_loader(S.make_source(_config(source="latents", folder=shards).data), batch_size=2, seed=0,
                            shuffle=False, num_epochs=1)
     got = list(loader)
     assert len(got) == 3 and set(got[0]) == {"latents", "text", "intrinsics", "c2w"}
-    assert got[0]["latents"].shape == (2, 3, 4, 4, 16) and got[0]["latents"].dtype == np.float32
+    assert got[0]["latents"].shape == (2, 3, 8, 8, 48) and got[0]["latents"].dtype == np.float32
     for key in ("intrinsics", "c2w", "text"):
         np.testing.assert_array_equal(np.concatenate([b[key] for b in got]), np.stack([it[key] for it in items]))
     latents = np.concatenate([b["latents"] for b in got])
@@ -113,14 +116,14 @@ def test_an_existing_out_dir_is_refused_and_left_alone(tmp_path, shards):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    vae = load_vae("tiny", "", seed=0, allow_random=True)
+    vae = load_vae(PRESET, "", seed=0, allow_random=True)
     with pytest.raises(ValueError, match=r"--out: expected a new or empty directory.*refusing to overwrite"):
-        E.encode_to_shards(str(out), _config().data, vae, vae_preset="tiny", vae_checkpoint="", num_examples=2)
+        E.encode_to_shards(str(out), _config().data, vae, vae_preset=PRESET, vae_checkpoint="", num_examples=2)
     assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["busy"]  # no temporary directory left behind
     with pytest.raises(ValueError, match="data.source: expected a video source"):
         E.encode_to_shards(str(tmp_path / "new"), _config(source="latents", folder=shards).data, vae,
-                           vae_preset="tiny", vae_checkpoint="")
+                           vae_preset=PRESET, vae_checkpoint="")
 
 
 def test_mismatches_name_the_field(tmp_path, shards):
@@ -151,9 +154,9 @@ def test_mismatches_name_the_field(tmp_path, shards):
 
     # A run whose VAE or control kind does not fit the shards fails before any compile.
     data = S.validate_data_config(_config(source="latents", folder=shards).data)
-    vcfg, _, _ = load_vae("tiny", "", allow_random=True)
+    vcfg, _, _ = load_vae(PRESET, "", allow_random=True)
     with pytest.raises(ValueError, match="vae.checkpoint: the latent shards .* latents_std"):
-        L.check_for_training(data, dataclasses.replace(vcfg, latents_std=(2.0,) * 16), "camera")
+        L.check_for_training(data, dataclasses.replace(vcfg, latents_std=(2.0,) * vcfg.z_dim), "camera")
     with pytest.raises(ValueError, match=r"control.kind: 'pose' needs \['keypoints'\].*source 'world'"):
         L.check_for_training(data, vcfg, "pose")
 

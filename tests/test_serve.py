@@ -424,8 +424,9 @@ def test_engine_loads_stage_exports(tmp_path):
     cfg = configs.model_config(config)
     _, params = create(cfg, 3)
     ckpt.save_export(str(tmp_path / "adv"), nnx.to_pure_dict(params), {"stage": "adversarial", "model": cfg.to_dict()})
-    _, vae_params = vae_lib.init_vae(get_vae_config("tiny"), 4)
-    ckpt.save_export(str(tmp_path / "vae"), nnx.to_pure_dict(vae_params), {"stage": "vae", "vae_preset": "tiny"})
+    _, vae_params = vae_lib.init_vae(get_vae_config(config.vae.preset), 4)
+    ckpt.save_export(str(tmp_path / "vae"), nnx.to_pure_dict(vae_params),
+                     {"stage": "vae", "vae_preset": config.vae.preset})
     engine = Engine(config, str(tmp_path / "adv"), str(tmp_path / "vae"))
     info = engine.describe()
     assert info["random_weights"] is False and "adversarial" in info["generator"]

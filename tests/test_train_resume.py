@@ -35,7 +35,7 @@ def _export(workdir):
     from aapt_jax.model import vae as vae_lib
     from aapt_jax.model.vae_config import get_vae_config
 
-    abstract = nnx.to_pure_dict(nnx.split(vae_lib.abstract_vae(get_vae_config("tiny")))[1])
+    abstract = nnx.to_pure_dict(nnx.split(vae_lib.abstract_vae(get_vae_config(tiny_world.get_config("vae").vae.preset)))[1])
     return ckpt.load_export(workdir, abstract)
 
 

@@ -13,6 +13,8 @@ def check_data_geometry(config, vcfg) -> None:
                          f"frame's); expected 0 for stage {config.train.stage!r}, got {crop}")
     if (d.height, d.width) != (v.height, v.width):
         raise ValueError(f"data.height/width: expected the video size {(v.height, v.width)}, got {(d.height, d.width)}")
+    if v.vae_spatial != vcfg.spatial_ratio:
+        raise ValueError(f"video.vae_spatial: expected the VAE's spatial ratio {vcfg.spatial_ratio}, got {v.vae_spatial}")
     for side in ("height", "width"):
         if v[side] % vcfg.spatial_ratio:
             raise ValueError(f"video.{side}: expected a multiple of the VAE's spatial ratio {vcfg.spatial_ratio}, "

@@ -19,7 +19,6 @@ streaming sampler.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -32,8 +31,7 @@ from aapt_jax import configs
 from aapt_jax.data.sources import make_source, validate_data_config
 from aapt_jax.data.world import render_path
 from aapt_jax.data.world_camera import random_walk
-from aapt_jax.io import checkpoint as ckpt
-from aapt_jax.io.generator_source import load_generator
+from aapt_jax.io.generator_source import generator_info, load_generator
 from aapt_jax.io.video import frames_to_unit, unit_to_frames
 from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.config import DiTConfig
@@ -61,12 +59,7 @@ def check_generator_export(workdir: str, config: ConfigDict, field: str = "workd
     attention implementation come from ``config`` (the video being evaluated). The export's
     control channels and text width must match ``config``'s.
     """
-    if not workdir or not os.path.isdir(workdir):
-        raise ValueError(f"{field}: {workdir!r} is not a directory (expected a finished stage's workdir)")
-    try:
-        info = ckpt.export_info(workdir)
-    except ckpt.CheckpointError as e:
-        raise ValueError(f"{field}: {e}") from e
+    info = generator_info(workdir, field)
     stage = info.get("stage")
     if stage not in generator_stages() or "model" not in info:
         raise ValueError(f"{field}: {workdir} holds a {stage!r} stage, expected a generator stage, one of "
@@ -161,7 +154,8 @@ def _world_source(config: ConfigDict, seed: int):
     return make_source({**data, "seed": int(seed)})
 
 
-def eval_path(config: ConfigDict, index: int, *, latent_frames: int, seed: int, worlds: str = "heldout") -> EvalPath:
+def eval_path(config: ConfigDict, index: int, *, latent_frames: int, seed: int, worlds: str = "heldout",
+              branch_seed: int | None = None) -> EvalPath:
     """Path ``index`` of the evaluation set: deterministic in ``(seed, index)``.
 
     A :func:`~aapt_jax.data.world_camera.random_walk` of ``1 + 4 latent_frames`` video frames,
@@ -170,7 +164,8 @@ def eval_path(config: ConfigDict, index: int, *, latent_frames: int, seed: int, 
     :func:`~aapt_jax.data.world.render_path`. ``worlds='heldout'`` walks the worlds of data
     seed ``seed`` (new places), ``'training'`` the training worlds (``config.data.seed``)
     along new walks. A walk of more frames starts with the same frames, so shorter horizons
-    are prefixes.
+    are prefixes. ``branch_seed`` gives another walk from the same first frame
+    (:func:`~aapt_jax.data.world_camera.random_walk`).
     """
     if worlds not in WORLDS:
         raise ValueError(f"worlds: expected one of {WORLDS}, got {worlds!r}")
@@ -180,7 +175,7 @@ def eval_path(config: ConfigDict, index: int, *, latent_frames: int, seed: int, 
     world = source.world(world_index)
     num_frames = 1 + config.video.vae_temporal * latent_frames
     path = random_walk(world, num_frames, int(rng.integers(2 ** 62)), source.video_hw, fov_deg=source.fov_deg,
-                       warmup_frames=int(rng.integers(source.max_warmup_frames + 1)))
+                       warmup_frames=int(rng.integers(source.max_warmup_frames + 1)), branch_seed=branch_seed)
     return EvalPath(world_index, path.intrinsics, path.c2w,
                     render_path(world, path.intrinsics, path.c2w, source.video_hw))
 

@@ -19,9 +19,18 @@ from __future__ import annotations
 
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from aapt_jax import configs
 from aapt_jax.eval.drift import psnr
+from aapt_jax.eval.rollout import (DriftRollout, decode_stream, encode_stream, eval_path, eval_text,
+                                   load_generator_export, vae_reconstruction)
+from aapt_jax.io.generator_source import load_generator
+from aapt_jax.model import flow
+from aapt_jax.model.dit import abstract_model
 
 # Two-sided 95% Student t quantiles for 1 .. 30 degrees of freedom (n - 1 paths); past the
 # table, the first Cornish-Fisher term, within 0.002 of the exact value.
@@ -75,3 +84,72 @@ def summarize(name: str, values, unit: str = "dB", **context) -> dict:
     mean, half = mean_ci95(values)
     return {"name": name, "value": round(mean, 2), "ci95": round(half, 2), "unit": unit,
             "per_path": [round(float(v), 2) for v in values], **context}
+
+
+# ----- the figures themselves, shared by the world suite, launch.pretrain and the tests -----
+
+HELDOUT_SEED = 7_000_003  # launch.evaluate's default: worlds and walks no training run draws
+BASE_NOISE_T = 0.5  # the base model's denoising figure: flow time of the noised clip
+
+
+def _latent_frames(config, seconds: float) -> int:
+    return math.ceil(seconds * config.video.fps / config.video.vae_temporal)
+
+
+def vae_heldout_psnr(config, vae, *, paths: int, seconds: float) -> list[float]:
+    """Per path: mean per-frame PSNR (dB) of the VAE's streaming reconstruction of a held-out
+    walk of ``seconds`` (:func:`aapt_jax.eval.rollout.vae_reconstruction`)."""
+    k = _latent_frames(config, seconds)
+    out = []
+    for i in range(paths):
+        video = eval_path(config, i, latent_frames=k, seed=HELDOUT_SEED).video
+        out.append(float(np.mean(psnr(vae_reconstruction(vae, video), video))))
+    return out
+
+
+def base_denoise_psnr(config, vae, base_source: str, *, paths: int, latent_frames: int) -> list[float]:
+    """Per path: PSNR (dB) of the base model's one-step clean estimate ``x_t - t v`` of a
+    held-out clip noised to flow time :data:`BASE_NOISE_T` (fixed noise), decoded by ``vae``.
+
+    The base (stage 0) model is bidirectional and text-only; this is a held-out check that it
+    denoises the world's latents, not a generation figure."""
+    cfg = configs.model_config(config).replace(causal=False, control_channels=0)
+    params, _ = load_generator(base_source, cfg, stages=("base",), field="base")
+    graphdef, _ = abstract_model(cfg)
+    text = jnp.asarray(eval_text(config), jnp.float32)[None]
+
+    @jax.jit
+    def clean_estimate(params, latents, eps):
+        x_t = flow.noisy(latents, eps, jnp.full((1,), BASE_NOISE_T))
+        v = nnx.merge(graphdef, params)(x_t, jnp.full((1,), 1000.0 * BASE_NOISE_T), text)
+        return x_t - BASE_NOISE_T * v
+
+    out = []
+    for i in range(paths):
+        video = eval_path(config, i, latent_frames=latent_frames, seed=HELDOUT_SEED).video
+        latents = encode_stream(vae, video)
+        eps = jax.random.normal(jax.random.fold_in(jax.random.key(HELDOUT_SEED), i), latents.shape)
+        estimate = decode_stream(vae, np.asarray(clean_estimate(params, latents, eps)))
+        out.append(float(np.mean(psnr(estimate, video))))
+    return out
+
+
+def generator_heldout(config, vae, generator_source: str, *, paths: int, seconds: tuple[float, float]) -> dict:
+    """Per path, over ``seconds``: the generator's PSNR against the true render
+    (``generator``), the copied first frame's (``copy_first_frame``) and the camera-following
+    difference (``control_following``). The generator starts from the VAE encoding of the
+    true first frame and follows the path's camera (:class:`aapt_jax.eval.rollout.DriftRollout`)."""
+    k = _latent_frames(config, seconds[1])
+    generator = load_generator_export(generator_source, config, field="generator")
+    runner = DriftRollout(config, vae)
+    text = eval_text(config)
+    fps = config.video.fps
+    out = {"generator": [], "copy_first_frame": [], "control_following": [], "stage": generator.stage}
+    for i in range(paths):
+        path = eval_path(config, i, latent_frames=k, seed=HELDOUT_SEED)
+        other = eval_path(config, i, latent_frames=k, seed=HELDOUT_SEED, branch_seed=i + 1).video
+        generated, real = runner(generator, path, text, jax.random.fold_in(jax.random.key(HELDOUT_SEED), i))
+        out["generator"].append(window_psnr(generated, real, fps, seconds))
+        out["copy_first_frame"].append(window_psnr(copy_first_frame(real), real, fps, seconds))
+        out["control_following"].append(control_following(generated, real, other, fps, seconds))
+    return out

@@ -6,6 +6,7 @@ import os
 
 from flax import nnx
 
+from aapt_jax.io import builtin
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.vae_config import get_vae_config
@@ -15,7 +16,9 @@ def load_vae(preset: str, checkpoint: str = "", *, seed: int = 0, allow_random: 
     """``(VAEConfig, graphdef, params as a pure dict)``.
 
     checkpoint: ``''`` (random init, only with ``allow_random``), a diffusers VAE directory
-    (``config.json`` + safetensors), or the workdir of a finished ``vae`` training stage.
+    (``config.json`` + safetensors; ``launch.convert``'s ``vae/``), a shipped
+    ``builtin:WORLD/vae`` (:mod:`aapt_jax.io.builtin`), or the workdir of a finished ``vae``
+    training stage.
     """
     if not checkpoint:
         if not allow_random:
@@ -24,6 +27,7 @@ def load_vae(preset: str, checkpoint: str = "", *, seed: int = 0, allow_random: 
         vcfg = get_vae_config(preset)
         graphdef, params = vae_lib.init_vae(vcfg, seed)
         return vcfg, graphdef, nnx.to_pure_dict(params)
+    checkpoint = builtin.resolve(checkpoint, "vae.checkpoint")
     if not os.path.exists(checkpoint):
         raise ValueError(f"vae.checkpoint: {checkpoint} does not exist")
     if os.path.isfile(os.path.join(checkpoint, "config.json")):

@@ -1,0 +1,105 @@
+"""The built-in weights: made from a finished pipeline workdir, and checked against their figures.
+
+:func:`ship` converts a pipeline's VAE, stage 0 base model and stage 3 generator with
+``launch.convert``'s converter (fp32 safetensors plus config, the folders PyTorch users
+load too) into ``aapt_jax/weights/WORLD/{vae,base,aapt}``, measures each one's held-out
+figure with the converted files, the way a user loads them, and records the figures in
+``figures.json``. :func:`check` measures them again: the tests call it on the shipped
+weights. Nothing is replaced until everything new is written: the new folder is built
+beside the old one and swapped in at the end.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import tempfile
+
+from aapt_jax.eval import world_figures as wf
+from aapt_jax.io import builtin
+from aapt_jax.io.convert import convert
+from aapt_jax.io.vae_source import load_vae
+
+# Shipped piece -> (the pipeline stage it comes from, what the converter writes of it).
+PIECES = {"vae": ("vae", "vae"), "base": ("base", "generator"), "aapt": ("adversarial", "generator")}
+# The figures each piece records (few paths, so the tests can measure them again in seconds).
+CHECK = {"vae": {"paths": 2, "seconds": 2.0}, "base": {"paths": 2, "latent_frames": 6},
+         "aapt": {"paths": 2, "seconds": [1.0, 2.0]}}
+
+
+def measure(config, folder: str) -> dict:
+    """``{piece: {figure settings..., 'value': dB}}`` of the pieces under ``folder``."""
+    vae = load_vae(config.vae.preset, os.path.join(folder, "vae"))
+    out = {}
+    c = CHECK["vae"]
+    out["vae"] = dict(c, figure="vae_psnr_heldout_db",
+                      value=wf.mean_ci95(wf.vae_heldout_psnr(config, vae, **c))[0])
+    if os.path.isdir(os.path.join(folder, "base")):
+        c = CHECK["base"]
+        out["base"] = dict(c, figure="base_denoise_psnr_db", noise_t=wf.BASE_NOISE_T,
+                           value=wf.mean_ci95(wf.base_denoise_psnr(config, vae, os.path.join(folder, "base"), **c))[0])
+    if os.path.isdir(os.path.join(folder, "aapt")):
+        c = CHECK["aapt"]
+        held = wf.generator_heldout(config, vae, os.path.join(folder, "aapt"), paths=c["paths"],
+                                    seconds=tuple(c["seconds"]))
+        out["aapt"] = dict(c, figure="generator_psnr_db", value=wf.mean_ci95(held["generator"])[0],
+                           copy_first_frame_db=wf.mean_ci95(held["copy_first_frame"])[0],
+                           control_following_db=wf.mean_ci95(held["control_following"])[0])
+    return out
+
+
+def check(config, world: str = "tiny_world") -> dict:
+    """``{piece: (recorded dB, measured dB)}`` for the shipped weights of ``world``."""
+    recorded = builtin.figures(world).get("pieces", {})
+    measured = measure(config, builtin.path(world))
+    return {piece: (recorded[piece]["value"], measured[piece]["value"]) for piece in measured if piece in recorded}
+
+
+def ship(workdir: str, config, *, world: str = "tiny_world", pieces=tuple(PIECES), command: str = "",
+         log=print) -> dict:
+    """Convert ``pieces`` of the pipeline in ``workdir`` into the package's weights of
+    ``world`` and record their figures; returns what ``figures.json`` holds.
+
+    ValueError naming the stage before anything is written when a stage has not finished."""
+    unknown = [p for p in pieces if p not in PIECES]
+    if unknown or "vae" not in pieces:
+        raise ValueError(f"pieces: expected 'vae' and a subset of {tuple(PIECES)}, got {list(pieces)}")
+    for piece in pieces:
+        stage = PIECES[piece][0]
+        if not os.path.isfile(os.path.join(workdir, stage, "export", "info.json")):
+            raise ValueError(f"workdir: the {stage} stage has not finished in {os.path.join(workdir, stage)} "
+                             f"(run the pipeline first)")
+    dest = builtin.path(world)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{world}.", dir=os.path.dirname(dest))
+    try:
+        for piece in pieces:
+            stage, what = PIECES[piece]
+            log(f"[ship] {piece}: converting {os.path.join(workdir, stage)}")
+            scratch = os.path.join(staging, f".{piece}")
+            convert(os.path.join(workdir, stage), scratch, dtype="float32", what=(what,),
+                    vae=os.path.join(workdir, "vae"))
+            # The VAE piece is the converter's diffusers VAE folder; a generator piece is the
+            # converter's folder itself (aapt.json + transformer/).
+            os.rename(os.path.join(scratch, "vae") if piece == "vae" else scratch, os.path.join(staging, piece))
+            shutil.rmtree(scratch, ignore_errors=True)
+        log("[ship] measuring the held-out figures of the converted weights")
+        record = {"world": world, "command": command, "made": datetime.date.today().isoformat(),
+                  "pieces": measure(config, staging)}
+        with open(os.path.join(staging, builtin.FIGURES), "w") as f:
+            json.dump(record, f, indent=1)
+        old = None
+        if os.path.exists(dest):
+            old = dest + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(dest, old)
+        os.rename(staging, dest)
+        if old:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"[ship] {dest}: {json.dumps(record['pieces'])}")
+    return record
