@@ -26,7 +26,10 @@ STAGE_DEFAULTS = {
     # This is the shipped VAE's recipe (launch.pretrain).
     "vae": dict(steps=3000, lr=3e-3, optimizer="adamw", weight_decay=0.0, batch_size=2, latent_frames=6, crop=32,
                 vae_posterior="mean", lr_schedule="cosine", warmup_steps=50, checkpoint_every=200),
-    "base": dict(steps=300, lr=1e-3, optimizer="adamw", weight_decay=0.01, shift=3.0),
+    # The shipped base model's recipe (launch.pretrain): the "pretrained video diffusion model"
+    # every later stage starts from, trained once.
+    "base": dict(steps=1200, lr=1e-3, optimizer="adamw", weight_decay=0.01, shift=3.0, batch_size=4,
+                 lr_schedule="cosine", warmup_steps=50, checkpoint_every=200),
     "adapt": dict(steps=300, lr=5e-4, optimizer="adamw", weight_decay=0.01),
     "distill": dict(steps=200, lr=2e-4, optimizer="adamw", weight_decay=0.01),
     # Stage 3: RMSProp (alpha 0.9) as in the paper, no gradient clipping (the paper states

@@ -24,6 +24,7 @@ from absl import app, flags, logging
 
 from aapt_jax import cli
 from aapt_jax.eval.pipeline import run_pipeline
+from aapt_jax.train.pipeline import pretrained_of
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline directory (one subdirectory per stage).", required=True)
 _CONFIG = cli.define_config("configs/tiny_world.py", "Experiment config file (without :STAGE: every stage of "
@@ -33,6 +34,8 @@ _PATHS = flags.DEFINE_integer("paths", 1, "Camera paths streamed per model.")
 _MODELS = flags.DEFINE_list("eval_stages", ["distill", "adversarial"], "Generator stages to stream and "
                             "evaluate ('adapt' adds the multi-step stage 1 baseline, ~16x slower per frame).")
 _SEED = flags.DEFINE_integer("seed", 7_000_003, "Seed of the evaluation camera paths.")
+_FROM_SCRATCH = flags.DEFINE_bool("from_scratch", False, "Also train the stages the config starts from "
+                                  "(its 'pretrained' section: the tiny world's shipped VAE).")
 
 
 def main(argv):
@@ -40,7 +43,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     get_config, overrides = cli.config_per_stage(flags.FLAGS["config"])
-    report = run_pipeline(get_config, os.path.abspath(_WORKDIR.value), overrides=overrides,
+    pretrained = {} if _FROM_SCRATCH.value else pretrained_of(get_config, overrides)
+    report = run_pipeline(get_config, os.path.abspath(_WORKDIR.value), overrides=overrides, pretrained=pretrained,
                           seconds=_SECONDS.value, paths=_PATHS.value, eval_stages=_MODELS.value, seed=_SEED.value)
     if report is None:
         return cli.EXIT_INTERRUPTED

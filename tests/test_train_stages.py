@@ -19,7 +19,7 @@ OVERRIDES = ["video.height=32", "video.width=32", "data.height=32", "data.width=
 
 def _pipeline(workdir):
     cmd = [sys.executable, "-m", "launch.pipeline", f"--workdir={workdir}", "--seconds=1", "--paths=1",
-           "--eval_stages=adapt,adversarial", *[f"--config.{o}" for o in OVERRIDES]]
+           "--from_scratch", "--eval_stages=adapt,adversarial", *[f"--config.{o}" for o in OVERRIDES]]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
 
 

@@ -13,19 +13,24 @@ from ml_collections import ConfigDict
 
 from aapt_jax.eval.report import evaluate, parse_seconds
 from aapt_jax.io.files import WorkdirLock, atomic_write_json
-from aapt_jax.train.pipeline import run_stages, stage_config
+from aapt_jax.train.pipeline import PIPELINE, run_stages, stage_config
 from aapt_jax.train.stages import generator_stages
 
 
 def run_pipeline(get_config: Callable[[str], ConfigDict], workdir: str, *, overrides: dict, seconds: str,
-                 paths: int, eval_stages, seed: int) -> dict | None:
+                 paths: int, eval_stages, seed: int, pretrained: dict | None = None) -> dict | None:
     """Train the chain in ``workdir`` and report the drift of ``eval_stages``; every
-    argument is checked before the first stage trains. Returns what ``pipeline.json``
-    holds, or None when SIGTERM stopped a stage (rerun to resume)."""
+    argument is checked before the first stage trains. ``pretrained`` (``{stage: source}``,
+    e.g. the shipped VAE and base model) are not trained but started from. Returns what
+    ``pipeline.json`` holds, or None when SIGTERM stopped a stage (rerun to resume)."""
+    pretrained = dict(pretrained or {})
+    unknown = [s for s in pretrained if s not in PIPELINE]
+    if unknown:
+        raise ValueError(f"pretrained: expected stages among {PIPELINE}, got {unknown}")
     bad = [s for s in eval_stages if s not in generator_stages()]
     if bad:
         raise ValueError(f"--eval_stages: expected stages among {generator_stages()}, got {bad}")
-    eval_config = stage_config(get_config, "distill", workdir, overrides)
+    eval_config = stage_config(get_config, "distill", workdir, overrides, pretrained)
     # The evaluation flags are checked before the first stage trains (its exports come later).
     parse_seconds(seconds, eval_config.video.fps, eval_config.video.vae_temporal)
     if paths < 1:
@@ -34,14 +39,16 @@ def run_pipeline(get_config: Callable[[str], ConfigDict], workdir: str, *, overr
         raise ValueError(f"--seed: expected a seed distinct from the training data seed, got {seed}")
     with WorkdirLock(workdir, field="--workdir"):
         t0 = time.perf_counter()
-        summaries = run_stages(get_config, workdir, overrides=overrides)
+        summaries = run_stages(get_config, workdir, stages=tuple(s for s in PIPELINE if s not in pretrained),
+                               overrides=overrides, pretrained=pretrained)
         if any(not s.get("finished", True) for s in summaries.values()):
             return None
         t_train = time.perf_counter() - t0
         models = ",".join(f"{s}={os.path.join(workdir, s)}" for s in eval_stages)
-        result = evaluate(eval_config, vae=os.path.join(workdir, "vae"), models=models, seconds=seconds,
+        result = evaluate(eval_config, vae=eval_config.vae.checkpoint, models=models, seconds=seconds,
                           paths=paths, out=os.path.join(workdir, "drift"), seed=seed)
         report = {"train_seconds": round(t_train, 1), "total_seconds": round(time.perf_counter() - t0, 1),
+                  "pretrained": pretrained,
                   "stages": {k: {f: v.get(f) for f in ("first_10pct_loss", "last_10pct_loss", "seconds", "skipped")}
                              for k, v in summaries.items()},
                   "drift": {name: m["horizons"] for name, m in result["models"].items()},

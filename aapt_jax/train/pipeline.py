@@ -27,19 +27,23 @@ VAE_STAGE = next(name for name, spec in STAGES.items() if spec.trains_vae)  # ev
 
 
 def stage_config(get_config: Callable[[str], ConfigDict], stage: str, workdir: str,
-                 overrides: dict | None = None) -> ConfigDict:
+                 overrides: dict | None = None, pretrained: dict | None = None) -> ConfigDict:
     """The config of ``stage`` inside the pipeline rooted at ``workdir``.
 
     overrides: ``{'train.steps': 10, ...}`` dotted fields applied to every stage (fields a
     stage lacks are an error, naming the field).
+    pretrained: ``{stage: source}`` for stages the pipeline does not train but starts from
+    (e.g. ``{'vae': 'builtin:tiny_world/vae', 'base': 'builtin:tiny_world/base'}``, what a
+    user of a real model downloads); every other stage comes from ``workdir/<stage>``.
     """
     c = get_config(stage)
     spec = STAGES[stage]
+    source = lambda name: (pretrained or {}).get(name) or os.path.join(workdir, name)  # noqa: E731
     if not spec.trains_vae:
-        c.vae.checkpoint = os.path.join(workdir, VAE_STAGE)
-        c.train.init_from = os.path.join(workdir, spec.init_from[0]) if spec.init_from else ""
+        c.vae.checkpoint = source(VAE_STAGE)
+        c.train.init_from = source(spec.init_from[0]) if spec.init_from else ""
         if spec.disc_init_from:
-            c.train.disc_init_from = os.path.join(workdir, spec.disc_init_from[0])
+            c.train.disc_init_from = source(spec.disc_init_from[0])
     for dotted, value in (overrides or {}).items():
         *path, leaf = dotted.split(".")
         target = c
@@ -53,9 +57,24 @@ def stage_config(get_config: Callable[[str], ConfigDict], stage: str, workdir: s
     return c
 
 
+def pretrained_of(get_config: Callable[[str], ConfigDict], overrides: dict | None = None) -> dict:
+    """``{stage: source}`` an experiment config starts from (its ``pretrained`` section, e.g.
+    the tiny world's shipped VAE and base model), with ``--config.pretrained.*`` overrides;
+    {} when the config names none. Empty sources are dropped (``--config.pretrained.base=``
+    trains that stage instead)."""
+    section = dict(get_config(PIPELINE[-1]).get("pretrained", None) or {})
+    for dotted, value in (overrides or {}).items():
+        head, _, name = dotted.partition(".")
+        if head == "pretrained":
+            section[name] = value
+    return {stage: source for stage, source in section.items() if source}
+
+
 def run_stages(get_config: Callable[[str], ConfigDict], workdir: str, *, stages=PIPELINE,
-               overrides: dict | None = None, log: Callable[[str], None] = print) -> dict:
+               overrides: dict | None = None, pretrained: dict | None = None,
+               log: Callable[[str], None] = print) -> dict:
     """Train ``stages`` in order; returns ``{stage: summary}`` (with ``seconds`` taken).
+    ``pretrained`` as :func:`stage_config`.
 
     Every stage's config is built and validated before the first one trains, so a bad
     field fails in seconds, not after an hour of earlier stages.
@@ -63,7 +82,7 @@ def run_stages(get_config: Callable[[str], ConfigDict], workdir: str, *, stages=
     unknown = [s for s in stages if s not in PIPELINE]
     if unknown:
         raise ValueError(f"stages: expected a subset of {PIPELINE}, got {unknown}")
-    configs = {s: stage_config(get_config, s, workdir, overrides) for s in stages}
+    configs = {s: stage_config(get_config, s, workdir, overrides, pretrained) for s in stages}
     for c in configs.values():  # every stage's fields, before the first one trains
         check_config(c)
     summaries = {}
