@@ -25,8 +25,8 @@ def get_config(stage: str = "base") -> ConfigDict:
     c = tiny_world.get_config(stage)  # validates the stage name
     c.name = "tiny_pose"
     # fold 1: one heatmap sample per latent cell and video frame, 13 joints x 4 frames = 52
-    # channels. sigma 1 latent cell (4 pixels at 64x64, 16x16 latents): a joint lights up its
-    # own cell and, fainter, its neighbours, so sub-cell motion shows.
-    c.control = ConfigDict(dict(kind="pose", fold=1, num_joints=DEFAULT_SKELETON.num_joints, pose_sigma=1.0))
+    # channels, fewer than the model width (96). sigma 0.5 latent cells: at 64x64 (8x8 latents)
+    # a joint lights up its own cell and, faintly, its neighbours, so sub-cell motion shows.
+    c.control = ConfigDict(dict(kind="pose", fold=1, num_joints=DEFAULT_SKELETON.num_joints, pose_sigma=0.5))
     c.data.source = "pose"
     return c

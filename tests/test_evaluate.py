@@ -23,7 +23,7 @@ from aapt_jax.model.vae_config import get_vae_config
 from configs import tiny_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# 32x32 video (8x8 latents, 2x2 tokens), 8 fps (a second is 2 latent frames), a 1-layer generator.
+# 32x32 video (4x4 latents), 8 fps (a second is 2 latent frames), a 1-layer generator.
 OVERRIDES = dict(height=32, width=32, fps=8, num_layers=1, window=2)
 
 

@@ -29,7 +29,7 @@ def test_pipeline_runs_every_stage_and_reports_drift(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     vae_info = ckpt.export_info(str(tmp_path / "vae"))
-    assert len(vae_info["latents_mean"]) == len(vae_info["latents_std"]) == 48  # the tiny world's z_dim
+    assert len(vae_info["latents_mean"]) == len(vae_info["latents_std"]) == 16
     assert all(s > 0 for s in vae_info["latents_std"])
     vcfg, _, _ = load_vae(vae_info["vae_preset"], str(tmp_path / "vae"))
     assert vcfg.std == tuple(vae_info["latents_std"])  # the generator stages train on normalized latents

@@ -74,6 +74,7 @@ def ship(workdir: str, config, *, world: str = "tiny_world", pieces=tuple(PIECES
     dest = builtin.path(world)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{world}.", dir=os.path.dirname(dest))
+    os.chmod(staging, 0o755)  # mkdtemp's 0700 would make the shipped folder private
     try:
         for piece in pieces:
             stage, what = PIECES[piece]

@@ -248,12 +248,6 @@ PRESETS: dict[str, VAEConfig] = {
     # 8x spatial and 4x temporal like Wan, at a width a 2-core CPU trains in minutes.
     "tiny": VAEConfig(base_dim=8, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1,
                       temporal_downsample=(False, True, True)),
-    # The tiny world's shipped VAE: Wan's architecture and 4x temporal geometry (the first
-    # frame alone), 4x spatial. The world's textures repeat every 1-3 pixels at 64x64, so 8x
-    # spatial at 16 channels (48x compression) cannot pass ~19 dB (a 4x box filter alone
-    # scores 21.5 dB); 4x spatial at 48 channels (4x compression) keeps colour and edges.
-    "tiny-world": VAEConfig(base_dim=16, z_dim=48, dim_mult=(1, 2, 2), num_res_blocks=1,
-                            temporal_downsample=(True, True)),
     "wan2.1": _WAN21,
     "wan2.1-light-decoder": light_decoder(_WAN21),
 }
