@@ -66,34 +66,28 @@ def check_finite(config: ConfigDict, prefix: str = "") -> None:
 MESH_FIELDS = ("data", "fsdp", "context", "tensor")
 
 
-def check_mesh(config: ConfigDict, device_count: int | None = None) -> None:
-    """``config.mesh`` must describe one device: the binaries place everything on one device
-    and do not shard over ``config.mesh`` yet, so a larger mesh would be silently ignored.
-    A size of -1 takes the devices left, so ``data=-1`` is fine on a one-device machine."""
+def check_mesh(config: ConfigDict, device_count: int | None = None) -> dict:
+    """``config.mesh`` resolved on ``device_count`` devices (default: every device of every
+    process): ``{data, fsdp, context, tensor}`` sizes, one of them -1 taking the devices left.
+    ValueError naming the field when a size is not a positive int or -1, or the sizes do not
+    multiply to the device count (the mesh is built from exactly these sizes)."""
+    from aapt_jax.parallel.mesh import resolve_sizes
+
     mesh = config.get("mesh")
-    if mesh is None:
-        return
-    unknown = sorted(set(mesh) - set(MESH_FIELDS))
+    fields = dict(mesh) if mesh is not None else {"data": -1}
+    unknown = sorted(set(fields) - set(MESH_FIELDS))
     if unknown:
         raise ValueError(f"mesh: unknown field(s) {unknown}; expected fields {list(MESH_FIELDS)}")
     if device_count is None:
         import jax
 
         device_count = jax.device_count()
-    for name in MESH_FIELDS:
-        size = mesh.get(name, 1)
-        if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
-            raise ValueError(f"mesh.{name}: expected a positive int or -1, got {size!r}")
-        devices = device_count if size == -1 else size
-        if devices > 1:
-            raise ValueError(f"mesh.{name}: expected a mesh of one device (sharding over config.mesh is not "
-                             f"supported yet; set mesh.{name}=1), got {size}"
-                             + (f" = {device_count} devices" if size == -1 else ""))
+    return resolve_sizes(**{name: fields.get(name, 1) for name in MESH_FIELDS}, device_count=device_count)
 
 
 def check_common(config: ConfigDict) -> None:
     """The checks every binary runs on its experiment config first: finite numbers, and a
-    mesh the binaries can honour."""
+    mesh that resolves on the devices at hand."""
     check_finite(config)
     check_mesh(config)
 

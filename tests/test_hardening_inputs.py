@@ -51,21 +51,26 @@ def test_non_finite_numbers_are_refused(field, value):
 
 
 @pytest.mark.parametrize("field,value,needle", [
-    ("tensor", 2, "mesh.tensor: expected a mesh of one device .* got 2"),
-    ("fsdp", -1, "mesh.fsdp: expected a mesh of one device .* got -1 = 8 devices"),
+    ("tensor", 2, r"mesh: axes \{'data': 1, 'fsdp': 1, 'context': 1, 'tensor': 2\} need 2 devices, have 8"),
+    ("fsdp", 3, r"mesh: 8 devices do not divide by the fixed axes \{'fsdp': 3, 'context': 1, 'tensor': 1\} \(product 3\)"),
     ("context", 0, "mesh.context: expected a positive int or -1, got 0"),
+    ("tensor", True, "mesh.tensor: expected a positive int or -1, got True"),
 ])
-def test_unwired_mesh_is_refused(field, value, needle):
+def test_mesh_that_does_not_resolve_is_refused(field, value, needle):
     c = named_config("tiny")
-    c.mesh.data = 1
+    c.mesh.data = 1 if field == "tensor" else -1
     c.mesh[field] = value
     with pytest.raises(ValueError, match=needle):
         configs.check_mesh(c, device_count=8)
 
 
-def test_default_mesh_on_one_device_passes():
-    configs.check_mesh(named_config("tiny"), device_count=1)
-    configs.check_mesh(named_config("wan2.1-t2v-14B"), device_count=1)
+def test_mesh_resolves_on_the_devices_at_hand():
+    assert configs.check_mesh(named_config("tiny"), device_count=1) == dict(data=1, fsdp=1, context=1, tensor=1)
+    assert configs.check_mesh(named_config("wan2.1-t2v-14B"), device_count=8) == dict(data=1, fsdp=8, context=1,
+                                                                                       tensor=1)
+    c = named_config("tiny")
+    c.mesh.update(dict(data=2, fsdp=-1, context=2))
+    assert configs.check_mesh(c, device_count=8) == dict(data=2, fsdp=2, context=2, tensor=1)
 
 
 @pytest.mark.parametrize("field,value", [("batch", 0), ("num_frames", -1)])

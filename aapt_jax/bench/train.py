@@ -14,23 +14,26 @@ from aapt_jax.configs import Named
 from aapt_jax.data.sources import make_loader, make_source
 from aapt_jax.timing import median_seconds
 from aapt_jax.train import stages
-from aapt_jax.train.loop import initial_state, make_train_step
+from aapt_jax.train.loop import make_train_step
+from aapt_jax.train.sharded import layout_for
 from aapt_jax.train.optim import make_optimizer
 
 
 def compiled_step(config: ConfigDict, model_fields: dict | None = None, **train_fields):
     """(stage, jitted train step, initial state, batches iterator, config) of a stage's config
-    with random weights and ``train_fields`` / ``model_fields`` changed."""
+    with random weights and ``train_fields`` / ``model_fields`` changed, on its ``config.mesh``."""
     config = config.copy_and_resolve_references()  # a copy: the fields below change
     config.train.random_init = True
     config.train.update(train_fields)
     config.model.update(model_fields or {})
-    stage = stages.build(config)
+    layout = layout_for(config)
+    stage = stages.build(config, layout)
     tx, _ = stage.optimizer or make_optimizer(config.train.optimizer, config.train.lr,
                                               weight_decay=config.train.weight_decay, grad_clip=config.train.grad_clip)
-    loader = make_loader(make_source(config.data), config.train.batch_size * stage.clips_per_example, seed=0)
-    step = make_train_step(stage, tx)
-    state = initial_state(stage.params, tx, 0)
+    rows = config.train.batch_size * stage.clips_per_example
+    loader = make_loader(make_source(config.data), rows, seed=0)
+    step = make_train_step(stage, tx, layout, rows)
+    state = step.init_state(0)
     return stage, step, state, loader, config
 
 

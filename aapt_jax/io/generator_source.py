@@ -22,7 +22,7 @@ RUNTIME_FIELDS = ("window", "attention_impl", "dtype", "param_dtype", "latent_he
 
 
 def load_generator(source: str, cfg: DiTConfig, *, stages: tuple[str, ...] | None = None, seed: int = 0,
-                   field: str = "checkpoint"):
+                   field: str = "checkpoint", shardings=None):
     """Params (a pure dict) of ``cfg`` from ``source``, and the stage that produced them.
 
     source: a diffusers transformer directory (``config.json`` + safetensors), a folder
@@ -32,6 +32,10 @@ def load_generator(source: str, cfg: DiTConfig, *, stages: tuple[str, ...] | Non
       causal ``cfg`` gets its new input channels randomly initialised (paper App. G).
     stages: stages accepted as the source (None: any).
     field: the config field or flag named in errors.
+    shardings: NamedShardings like the params (None: default placement). Given, every param
+      goes straight into its shards: an export is restored by Orbax into sharded targets (each
+      process reads only its shards) and diffusers weights are read and placed tensor by
+      tensor; no host or device holds the whole model.
     """
     if not source:
         raise ValueError(f"{field}: expected a finished stage's workdir or a diffusers transformer directory, got ''")
@@ -39,9 +43,9 @@ def load_generator(source: str, cfg: DiTConfig, *, stages: tuple[str, ...] | Non
     if not os.path.exists(source):
         raise ValueError(f"{field}: {source} does not exist")
     if os.path.isfile(os.path.join(source, "aapt.json")):  # a folder written by launch.convert
-        return _load_converted(source, cfg, stages, seed, field)
+        return _load_converted(source, cfg, stages, seed, field, shardings)
     if os.path.isfile(os.path.join(source, "config.json")):
-        _, _, params = load_wan_transformer(source, cfg, seed=seed)
+        _, _, params = load_wan_transformer(source, cfg, seed=seed, shardings=shardings)
         return nnx.to_pure_dict(params), "diffusers"
     info = ckpt.export_info(source)
     if stages is not None and info.get("stage") not in stages:
@@ -49,26 +53,53 @@ def load_generator(source: str, cfg: DiTConfig, *, stages: tuple[str, ...] | Non
     if "model" not in info:
         raise ValueError(f"{field}: {source} holds a {info.get('stage')!r} stage, which has no generator")
     src_cfg = DiTConfig.from_mapping(info["model"])
-    params = ckpt.load_export(source, nnx.to_pure_dict(abstract_params(src_cfg)))
-    if src_cfg.in_channels != cfg.in_channels and not src_cfg.causal:
-        params["patch_embedding"]["kernel"] = jnp.asarray(widen_patch_kernel(
-            np.asarray(params["patch_embedding"]["kernel"]), cfg, src_cfg.in_channels, "random", seed))
+    target = nnx.to_pure_dict(abstract_params(src_cfg))
     want = jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(abstract_params(cfg)))
-    got = jax.tree.map(lambda x: x.shape, params)
+    widen = src_cfg.in_channels != cfg.in_channels and not src_cfg.causal
+    if widen:
+        want["patch_embedding"]["kernel"] = target["patch_embedding"]["kernel"].shape
+    got = jax.tree.map(lambda x: x.shape, target)
     if want != got:
         raise ValueError(f"{field}: the generator in {source} does not fit the model config: "
                          f"{_shape_differences(src_cfg, cfg, got, want)}")
+    if shardings is not None:
+        # Each param restored into its shards; the patch kernel to be widened (small) whole
+        # on every device, widened on the host and then placed.
+        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
+        if widen:
+            kernel = target["patch_embedding"]["kernel"]
+            target["patch_embedding"]["kernel"] = jax.ShapeDtypeStruct(
+                kernel.shape, kernel.dtype, sharding=replicated(kernel.sharding))
+    params = ckpt.load_export(source, target)
+    if widen:
+        kernel = widen_patch_kernel(np.asarray(params["patch_embedding"]["kernel"]), cfg, src_cfg.in_channels,
+                                    "random", seed)
+        params["patch_embedding"]["kernel"] = (jnp.asarray(kernel) if shardings is None else
+                                               place(kernel, shardings["patch_embedding"]["kernel"]))
     return params, info["stage"]
 
 
-def _load_converted(source: str, cfg: DiTConfig, stages, seed: int, field: str):
+def replicated(sharding):
+    """The replicated sharding on ``sharding``'s mesh."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(sharding.mesh, PartitionSpec())
+
+
+def place(host, sharding):
+    """A host array as a global array split by ``sharding``: each device receives only its
+    slice, in one or many processes (every process holds the same ``host``)."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _load_converted(source: str, cfg: DiTConfig, stages, seed: int, field: str, shardings=None):
     """A ``launch.convert`` folder's generator (its ``transformer/``) and the stage its
     ``aapt.json`` records."""
     with open(os.path.join(source, "aapt.json")) as f:
         stage = json.load(f).get("stage")
     if stages is not None and stage not in stages:
         raise ValueError(f"{field}: {source} holds a {stage!r} stage, expected one of {stages}")
-    _, _, params = load_wan_transformer(os.path.join(source, "transformer"), cfg, seed=seed)
+    _, _, params = load_wan_transformer(os.path.join(source, "transformer"), cfg, seed=seed, shardings=shardings)
     return nnx.to_pure_dict(params), stage
 
 

@@ -35,8 +35,50 @@ def _load_file(path: str) -> dict[str, np.ndarray]:
                          f"truncated or not a safetensors file") from e
 
 
-def load_state_dict(source) -> dict[str, np.ndarray]:
-    """A flat ``{key: numpy array}`` from a directory, a ``.safetensors`` file or a mapping."""
+class LazyStateDict(Mapping):
+    """``{key: numpy array}`` over safetensors files, each tensor read (memory-mapped) when it
+    is looked up: an importer holds one tensor at a time, not the whole model."""
+
+    def __init__(self, paths):
+        from safetensors import safe_open
+
+        self._where = {}
+        for path in paths:
+            try:
+                with safe_open(path, framework="np") as f:
+                    self._where.update((k, path) for k in f.keys())
+            except Exception as e:  # a truncated or foreign file; name it once
+                raise ValueError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e}); the file is "
+                                 f"truncated or not a safetensors file") from e
+
+    def __getitem__(self, key):
+        from safetensors import safe_open
+
+        with safe_open(self._where[key], framework="np") as f:
+            return f.get_tensor(key)
+
+    def shape_of(self, key) -> tuple:
+        """A tensor's shape, read from the file header."""
+        from safetensors import safe_open
+
+        with safe_open(self._where[key], framework="np") as f:
+            return tuple(f.get_slice(key).get_shape())
+
+    def without(self, keys) -> "LazyStateDict":
+        out = LazyStateDict([])
+        out._where = {k: v for k, v in self._where.items() if k not in keys}
+        return out
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self):
+        return len(self._where)
+
+
+def load_state_dict(source, lazy: bool = False) -> Mapping[str, np.ndarray]:
+    """A flat ``{key: numpy array}`` from a directory, a ``.safetensors`` file or a mapping;
+    ``lazy``: files are read tensor by tensor on lookup (:class:`LazyStateDict`)."""
     if isinstance(source, Mapping):
         return {k: _to_numpy(v) for k, v in source.items()}
     path = os.fspath(source)
@@ -44,6 +86,8 @@ def load_state_dict(source) -> dict[str, np.ndarray]:
         shards = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
         if not shards:
             raise ValueError(f"{path}: no *.safetensors files in this directory")
+        if lazy:
+            return LazyStateDict([os.path.join(path, shard) for shard in shards])
         out: dict[str, np.ndarray] = {}
         for shard in shards:
             out.update(_load_file(os.path.join(path, shard)))
@@ -52,7 +96,7 @@ def load_state_dict(source) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: no such file or directory")
     if not path.endswith(".safetensors"):
         raise ValueError(f"{path}: expected a .safetensors file or a diffusers model directory")
-    return _load_file(path)
+    return LazyStateDict([path]) if lazy else _load_file(path)
 
 
 def load_config(source) -> dict | None:
@@ -70,10 +114,11 @@ def check_keys(expected: Mapping[str, tuple], state: Mapping[str, np.ndarray], w
     """Raise one ValueError listing every missing, unexpected and mis-shaped key."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
+    shape = state.shape_of if isinstance(state, LazyStateDict) else lambda k: tuple(state[k].shape)
     misshaped = sorted(
-        f"{k}: expected {tuple(expected[k])}, got {tuple(state[k].shape)}"
+        f"{k}: expected {tuple(expected[k])}, got {shape(k)}"
         for k in set(expected) & set(state)
-        if tuple(expected[k]) != tuple(state[k].shape)
+        if tuple(expected[k]) != shape(k)
     )
     if missing or unexpected or misshaped:
         parts = []

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from aapt_jax.io.safetensors_io import check_keys, load_config, load_state_dict
+from aapt_jax.io.safetensors_io import LazyStateDict, check_keys, load_config, load_state_dict
 from aapt_jax.model.config import DiTConfig
 from aapt_jax.model.dit import abstract_model
 
@@ -160,7 +160,7 @@ def abstract_params(cfg: DiTConfig) -> nnx.State:
 
 
 def load_wan_transformer(source, cfg: DiTConfig | None = None, *, new_channels: str = "random",
-                         seed: int = 0):
+                         seed: int = 0, shardings=None):
     """Load a diffusers Wan transformer into our params.
 
     Args:
@@ -170,12 +170,15 @@ def load_wan_transformer(source, cfg: DiTConfig | None = None, *, new_channels: 
         AAPT config loads a base checkpoint by widening the patch embedding (see module doc).
       new_channels: ``'random'`` or ``'zero'`` init of input channels the checkpoint lacks.
       seed: for the random init of new channels.
+      shardings: NamedShardings like the params' pure dict (None: the default device). Given,
+        the safetensors are read lazily, tensor by tensor, each placed in its shards
+        (every device gets only its slice) before the next is read.
     Returns:
-      ``(cfg, graphdef, params)``; params are host numpy-backed jax arrays in cfg.param_dtype.
+      ``(cfg, graphdef, params)``; params are jax arrays in cfg.param_dtype.
     """
     if new_channels not in ("random", "zero"):
         raise ValueError(f"new_channels: expected 'random' or 'zero', got {new_channels!r}")
-    state = load_state_dict(source)
+    state = load_state_dict(source, lazy=shardings is not None)
     if cfg is None:
         hf = load_config(source)
         if hf is None:
@@ -191,17 +194,24 @@ def load_wan_transformer(source, cfg: DiTConfig | None = None, *, new_channels: 
         base_in = cfg.latent_channels  # a base checkpoint: widen below
     expected = {theirs: _torch_shape(hook, ours_shapes[ours], cfg, base_in) for theirs, ours, hook in rows}
     unused_ok = {k for k in state if k.startswith("rope.")}  # buffers some exporters keep
-    check_keys(expected, {k: v for k, v in state.items() if k not in unused_ok}, f"Wan transformer from {source if not isinstance(source, Mapping) else 'state dict'}")
+    kept = (state.without(unused_ok) if isinstance(state, LazyStateDict) else
+            {k: v for k, v in state.items() if k not in unused_ok})
+    check_keys(expected, kept, f"Wan transformer from {source if not isinstance(source, Mapping) else 'state dict'}")
 
     dtype = np.dtype(jax.numpy.dtype(cfg.param_dtype))
+    targets = None if shardings is None else _flat(shardings)
     flat = {}
     for theirs, ours, hook in rows:
-        flat[ours] = _to_ours(hook, np.asarray(state[theirs], np.float32), cfg)
-    if base_in != cfg.in_channels:
-        flat["patch_embedding.kernel"] = widen_patch_kernel(flat["patch_embedding.kernel"], cfg, base_in,
-                                                             new_channels, seed)
+        value = _to_ours(hook, np.asarray(state[theirs], np.float32), cfg)
+        if base_in != cfg.in_channels and ours == "patch_embedding.kernel":
+            value = widen_patch_kernel(value, cfg, base_in, new_channels, seed)
+        value = value.astype(dtype)
+        if targets is None:
+            flat[ours] = jax.numpy.asarray(value)
+        else:  # only this tensor is on the host; each device receives its slice
+            flat[ours] = jax.make_array_from_callback(value.shape, targets[ours], lambda index, v=value: v[index])
     params = abstract
-    nnx.replace_by_pure_dict(params, _unflat({k: jax.numpy.asarray(v.astype(dtype)) for k, v in flat.items()}))
+    nnx.replace_by_pure_dict(params, _unflat(flat))
     return cfg, graphdef, params
 
 

@@ -51,7 +51,11 @@ class DiscriminatorConfig:
 class LogitHead(nnx.Module):
     def __init__(self, dim: int, hidden: int, rngs: nnx.Rngs):
         self.proj = dense(dim, hidden, ("embed", "mlp"), rngs, dtype=jnp.float32, param_dtype=jnp.float32)
-        self.out = dense(hidden, 1, ("mlp", None), rngs, dtype=jnp.float32, param_dtype=jnp.float32)
+        # No bias: every loss of the stage (the relativistic pairs, aR1/aR2) is a difference of
+        # two logits of the same head, so a bias would get a zero gradient and integrate only
+        # rounding noise (which RMSProp scales up to full-size steps).
+        self.out = dense(hidden, 1, ("mlp", None), rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+                         use_bias=False)
 
     def __call__(self, x):
         """x ``[B, T, S, dim]`` -> logits ``[B, T]``."""

@@ -17,10 +17,10 @@ def logical(axes):
     return {"logical_axes": tuple(axes)}
 
 
-def dense(in_features, out_features, axes, rngs, *, dtype, param_dtype):
+def dense(in_features, out_features, axes, rngs, *, dtype, param_dtype, use_bias: bool = True):
     """``nnx.Linear`` whose kernel carries ``axes`` = (in axis, out axis)."""
     return nnx.Linear(
-        in_features, out_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+        in_features, out_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs, use_bias=use_bias,
         kernel_metadata=logical(axes), bias_metadata=logical(axes[1:]),
     )
 

@@ -46,6 +46,18 @@ DEFAULT_RULES: dict = {
     "cache_layers": None,
 }
 
+# Per-player strategies (paper App. "Parallelism"): which rules place a player's params, and
+# which its gradients and optimizer state. ZeRO-3 shards all three over ``fsdp``; ZeRO-2
+# keeps the params whole within the fsdp group (the student-forcing generator runs one
+# recurrent forward per frame and must not all-gather its weights for each) and shards the
+# gradients (reduce-scattered) and the optimizer state, the update all-gathering the new
+# params once per step. ``tensor`` splits stay in both.
+ZERO2_PARAM_RULES: dict = dict(DEFAULT_RULES, embed=None)
+STRATEGIES: dict = {
+    "zero3": {"params": DEFAULT_RULES, "state": DEFAULT_RULES},
+    "zero2": {"params": ZERO2_PARAM_RULES, "state": DEFAULT_RULES},
+}
+
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("aapt_sharding", default=None)
 
 logger = logging.getLogger(__name__)
@@ -117,6 +129,50 @@ def param_shardings(params: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES,
         return NamedSharding(mesh, _fits(shape, spec(axes, rules, mesh), mesh, what=what, strict=strict))
 
     return jax.tree_util.tree_map_with_path(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+class Axes(tuple):
+    """The logical axis names of one array (a leaf of an axes tree: a tuple that pytree
+    functions do not descend into)."""
+
+
+def is_axes(x) -> bool:
+    return isinstance(x, Axes)
+
+
+def logical_axes(state) -> dict:
+    """The pure-dict tree (``nnx.to_pure_dict`` layout) of ``state``'s logical axes: an
+    :class:`Axes` per Param (``(None,) * ndim`` for one without ``logical_axes``); works on
+    abstract states (``nnx.eval_shape``), so nothing is allocated."""
+
+    def one(var):
+        shape = var.get_value().shape if isinstance(var, nnx.Variable) else var.shape
+        axes = (var.get_metadata().get("logical_axes") if isinstance(var, nnx.Variable) else None)
+        return Axes(axes or (None,) * len(shape))
+
+    return nnx.to_pure_dict(jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+def replicated_axes(tree) -> dict:
+    """An axes tree for ``tree`` with every dimension unnamed (replicated)."""
+    return jax.tree.map(lambda x: Axes((None,) * len(x.shape)), tree)
+
+
+def tree_shardings(axes, tree, mesh: Mesh, rules: Rules = DEFAULT_RULES, *, what: str = "param",
+                   strict: bool = False):
+    """NamedShardings for ``tree`` (arrays or ``ShapeDtypeStruct``) from ``axes`` (an axes
+    tree of the same structure; an :class:`Axes` may stand for a whole subtree, e.g. a
+    replicated one). A dimension its mesh axes do not divide is logged with its path or,
+    ``strict``, raises."""
+
+    def one(path, ax, x):
+        name = f"{what} {_path_name(path)} {tuple(ax)}"
+        return NamedSharding(mesh, _fits(x.shape, spec(ax, rules, mesh), mesh, what=name, strict=strict))
+
+    def subtree(path, ax, sub):
+        return jax.tree_util.tree_map_with_path(lambda p, x: one(path + p, ax, x), sub)
+
+    return jax.tree_util.tree_map_with_path(subtree, axes, tree, is_leaf=is_axes)
 
 
 def shard_params(params: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES, *, strict: bool = False) -> nnx.State:

@@ -15,10 +15,12 @@ from typing import Any, Mapping
 from ml_collections import ConfigDict
 
 from aapt_jax.fields import suggestions
+from aapt_jax.parallel.sharding import STRATEGIES
 from aapt_jax.train.adversarial import FORCING
 from aapt_jax.train.optim import OPTIMIZERS
 
 VAE_POSTERIORS = ("sample", "mean")
+GENERATOR_SHARDINGS = ("auto",) + tuple(STRATEGIES)
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -77,6 +79,13 @@ class TrainConfig:
     disc_lr: float = 0.0
     rms_decay: float = 0.9
     max_logit: float = 1e3
+    # How each player's params, gradients and optimizer state sit on the mesh's fsdp axis
+    # (aapt_jax.parallel.sharding.STRATEGIES; paper App. "Parallelism"): 'zero3' shards all
+    # three, 'zero2' keeps the params whole in the group and shards the rest. 'auto': zero2
+    # for the generator of the adversarial stage under student forcing (its recurrent
+    # forwards would all-gather every weight once per frame), zero3 elsewhere.
+    generator_sharding: str = "auto"
+    discriminator_sharding: str = "zero3"
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -96,6 +105,10 @@ class TrainConfig:
         _need("vae_posterior", self.vae_posterior in VAE_POSTERIORS, f"one of {VAE_POSTERIORS}", self.vae_posterior)
         _need("rms_decay", 0 < self.rms_decay < 1, "a float in (0, 1)", self.rms_decay)
         _need("forcing", self.forcing in FORCING, f"one of {FORCING}", self.forcing)
+        _need("generator_sharding", self.generator_sharding in GENERATOR_SHARDINGS, f"one of {GENERATOR_SHARDINGS}",
+              self.generator_sharding)
+        _need("discriminator_sharding", self.discriminator_sharding in STRATEGIES, f"one of {tuple(STRATEGIES)}",
+              self.discriminator_sharding)
         if self.extensions and self.forcing != "student":
             raise ValueError("train.extensions: long-video training generates autoregressively; it needs "
                              f"forcing='student', got {self.forcing!r}")
@@ -115,6 +128,13 @@ class TrainConfig:
         if isinstance(items.get("disc_layers"), list):
             items["disc_layers"] = tuple(items["disc_layers"])
         return cls(**items)
+
+    def strategies(self) -> dict[str, str]:
+        """``{player: strategy}``: the generator's ('auto' resolved) and the discriminator's."""
+        generator = self.generator_sharding
+        if generator == "auto":
+            generator = "zero2" if self.stage == "adversarial" and self.forcing == "student" else "zero3"
+        return {"generator": generator, "discriminator": self.discriminator_sharding}
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

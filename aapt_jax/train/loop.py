@@ -21,7 +21,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
@@ -31,7 +30,9 @@ from aapt_jax.data.sources import make_loader, make_source
 from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.files import WorkdirLock, atomic_write_json
 from aapt_jax.io.video import unit_to_frames, write_mp4
-from aapt_jax.train import stages
+from aapt_jax.parallel import sharding as shd
+from aapt_jax.train import sharded, stages
+from aapt_jax.train.sharded import initial_state  # noqa: F401  (the loop's public initial state)
 from aapt_jax.train.config import train_config
 from aapt_jax.train.optim import make_optimizer
 
@@ -44,32 +45,11 @@ class TrainingStopped(RuntimeError):
     """A run stopped for a reason a person must look at (e.g. a non-finite loss)."""
 
 
-def initial_state(params, tx, seed: int):
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-            "key": jax.random.key_data(jax.random.key(seed))}
-
-
-def make_train_step(stage: stages.Stage, tx):
-    def train_step(state, frozen, batch):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
-        if stage.grads is not None:
-            grads, metrics = stage.grads(state["params"], frozen, batch, key)
-        else:
-            (_, metrics), grads = jax.value_and_grad(
-                lambda p: stage.loss(p, frozen, batch, key), has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        # Checked here, not only at save: a finite loss of the old params says nothing of the
-        # updated ones (an overflowing learning rate), and they must never be checkpointed.
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), state_finite=_all_finite((params, opt_state)))
-        return dict(state, step=state["step"] + 1, params=params, opt_state=opt_state), metrics
-
-    return jax.jit(train_step, donate_argnums=(0,))
-
-
-def _all_finite(tree):
-    ok = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(ok)) if ok else jnp.array(True)
+def make_train_step(stage: stages.Stage, tx, layout: sharded.Layout | None = None,
+                    batch_size: int | None = None) -> sharded.TrainStep:
+    """The stage's jitted step on ``layout``'s mesh (default: a mesh of the one default device),
+    ``batch_size`` examples per step in all (default: the first batch's rows)."""
+    return sharded.TrainStep(stage, tx, layout, batch_size)
 
 
 def _config_fingerprint(config: ConfigDict) -> dict:
@@ -181,17 +161,18 @@ class _Metrics:
         self.bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{rate:.2f}")
 
 
-def _restore(manager, state, loader, config: ConfigDict, tc, workdir: str):
-    """The latest checkpoint's state (the loader set to its position), or ``state``. The
-    config is compared before the arrays are read: a changed optimizer would otherwise fail
-    inside the restore as an opaque tree-structure mismatch."""
+def _restore(manager, train_step: sharded.TrainStep, loader, config: ConfigDict, tc, workdir: str):
+    """The latest checkpoint's state, restored straight into its shards (the loader set to its
+    position), or the initial state. The config is compared before the arrays are read: a
+    changed optimizer would otherwise fail inside the restore as an opaque tree-structure
+    mismatch."""
     if manager.latest_step() is None:
-        return state
+        return train_step.init_state(tc.seed)
     differ = config_differences(manager.restore_meta(tc.restore_step or None)["config"], _config_fingerprint(config))
     if differ:
         raise ValueError(f"workdir: {workdir} has checkpoints of a different config ({'; '.join(differ)}); "
                          f"resume with the saved values or use a new workdir")
-    state, meta, step = manager.restore(ckpt.abstract_like(state), tc.restore_step or None)
+    state, meta, step = manager.restore(train_step.abstract_state(), tc.restore_step or None)
     loader.set_state(meta["data_state"].encode() if isinstance(meta["data_state"], str) else meta["data_state"])
     log.info("resumed %s at step %d", workdir, step)
     return state
@@ -199,23 +180,28 @@ def _restore(manager, state, loader, config: ConfigDict, tc, workdir: str):
 
 def _train_locked(config: ConfigDict, workdir: str) -> dict:
     tc = train_config(config)
-    stage = stages.build(config)                    # validates before any compile
+    layout = sharded.layout_for(config)             # the run's one mesh, from config.mesh
+    stage = stages.build(config, layout)            # validates before any compile
     source = make_source(config.data)
     tx, schedule = stage.optimizer or make_optimizer(
         tc.optimizer, tc.lr, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip, warmup_steps=tc.warmup_steps,
         decay_steps=tc.steps if tc.lr_schedule == "cosine" else 0)
     manager = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
     hw = (config.video.height, config.video.width)
-    loader = make_loader(source, tc.batch_size * stage.clips_per_example, seed=config.data.seed,
-                         keep=control_outlier_filter(aapt_configs.control_config(config), hw))
+    rows = tc.batch_size * stage.clips_per_example
+    train_step = make_train_step(stage, tx, layout, rows)
+    # This process loads only its rows of every batch (all of them on a single process).
+    shard_index, shard_count, local_rows = sharded.process_rows(train_step.shardings.batch, rows)
+    loader = make_loader(source, local_rows, seed=config.data.seed, shard_index=shard_index,
+                         shard_count=shard_count, keep=control_outlier_filter(aapt_configs.control_config(config), hw))
     from tensorboardX import SummaryWriter
     writer = SummaryWriter(os.path.join(workdir, "tb"))
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
     try:
-        state = _restore(manager, initial_state(stage.params, tx, tc.seed), loader, config, tc, workdir)
-        state, losses = _steps(config, tc, stage, make_train_step(stage, tx), state, loader,
-                               (manager, writer, schedule, stop), workdir)
+        state = _restore(manager, train_step, loader, config, tc, workdir)
+        state, losses = _steps(config, tc, stage, train_step, state, loader, (manager, writer, schedule, stop),
+                               workdir)
         manager.wait()
         return _finish(config, tc, stage, state, losses, source, workdir)
     finally:
@@ -228,7 +214,15 @@ def _steps(config, tc, stage, train_step, state, loader, run, workdir):
     """Train from the state's step to ``train.steps`` or a SIGTERM; returns the state and
     the losses. run: (checkpointer, TensorBoard writer, lr schedule, {'signal': ...})."""
     manager, writer, schedule, stop = run
-    sample_fn, frozen = jax.jit(stage.sample), stage.frozen
+    layout = train_step.layout
+
+    def sample_on_mesh(params, frozen, batch, key):
+        with shd.use_mesh(layout.mesh, layout.rules):
+            return stage.sample(params, frozen, batch, key)
+
+    # The videos come back whole (replicated): process 0 writes them.
+    sample_fn = jax.jit(sample_on_mesh, out_shardings=layout.replicated())
+    frozen = train_step.place_frozen(stage.frozen)
     fingerprint = _config_fingerprint(config)
 
     def save(step):
@@ -244,7 +238,7 @@ def _steps(config, tc, stage, train_step, state, loader, run, workdir):
         metrics = _Metrics(stage, tc, writer, bar, manager, schedule)
         for step in range(start, tc.steps):
             done = step + 1
-            batch = next(loader)
+            batch = train_step.put_batch(next(loader))
             state, step_metrics = train_step(state, frozen, batch)
             metrics.push(done, step_metrics)
             checkpoint = done % tc.checkpoint_every == 0 or done == tc.steps or stop["signal"]
@@ -256,8 +250,9 @@ def _steps(config, tc, stage, train_step, state, loader, run, workdir):
                 save(done)
             if sample:
                 real, fake = sample_fn(state["params"], frozen, batch, jax.random.key(done))
-                os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-                _write_video(os.path.join(workdir, "samples", f"step_{done}.mp4"), real, fake, config.video.fps)
+                if jax.process_index() == 0:
+                    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+                    _write_video(os.path.join(workdir, "samples", f"step_{done}.mp4"), real, fake, config.video.fps)
             if stop["signal"]:
                 log.warning("signal %s: saved step %d, stopping", stop["signal"], done)
                 break

@@ -43,11 +43,12 @@ from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.config import DiTConfig
 from aapt_jax.model.controls import control_maps
 from aapt_jax.model.discriminator import Discriminator, DiscriminatorConfig
-from aapt_jax.model.dit import abstract_model, create
+from aapt_jax.model.dit import WanDiT, abstract_model
+from aapt_jax.parallel import sharding as shd
 from aapt_jax.model.vae_config import get_vae_config
 from aapt_jax.sample import flow_sampler
 from aapt_jax.sample.streaming import init_state, rollout_frames
-from aapt_jax.train import adversarial, objectives
+from aapt_jax.train import adversarial, objectives, sharded
 from aapt_jax.train.config import TrainConfig, train_config
 from aapt_jax.train.optim import make_adversarial_optimizer
 
@@ -77,6 +78,13 @@ class Stage:
     clips_per_example: int = 1        # data clips one batch element consumes
     export_params: Callable | None = None  # params -> what the export holds (default: all)
     check_metrics: Callable | None = None  # host metrics -> reason to stop, or None
+    # Logical axes of params and frozen (trees of aapt_jax.parallel.sharding.Axes, a leaf of
+    # which may stand for a whole subtree; None: replicated) and whether params are
+    # {player: params} (the adversarial stage) rather than one generator's: how the train
+    # step places them on the mesh (aapt_jax.train.sharded).
+    param_axes: Any = None
+    frozen_axes: Any = None
+    players: bool = False
 
 
 def _pure(state):
@@ -151,13 +159,27 @@ def check_config(config: ConfigDict) -> TrainConfig:
     return tc
 
 
-def build(config: ConfigDict) -> Stage:
-    """Validate the config and build the stage (no compilation happens here)."""
+def build(config: ConfigDict, layout: sharded.Layout | None = None) -> Stage:
+    """Validate the config and build the stage (no compilation happens here). With a
+    ``layout`` (the run's mesh and strategies) the players' weights are created or restored
+    straight into their shards on its mesh: no device or host holds a whole model."""
     tc = check_config(config)
     spec = STAGES[tc.stage]
     vae = _vae(config, tc, trainable=spec.trains_vae)
     check_data_geometry(config, vae[0])
-    return spec.build(config, tc, vae)
+    return spec.build(config, tc, vae, layout)
+
+
+def init_params(make, layout: sharded.Layout | None, axes=None, player: str = sharded.GENERATOR):
+    """The pure-dict params of the module ``make()`` builds; with a layout, initialised by one
+    jitted call whose outputs are the param shards (nothing whole on any device)."""
+    if layout is None:
+        return _pure(nnx.split(make())[1])
+    abstract = nnx.eval_shape(make)
+    if axes is None:
+        axes = shd.logical_axes(nnx.state(abstract))
+    shardings = sharded.param_shardings(layout, {player: axes}, {player: _pure(nnx.state(abstract))}, players=True)
+    return jax.jit(lambda: _pure(nnx.split(make())[1]), out_shardings=shardings[player])()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +192,12 @@ class _DiTInputs:
     encode: Callable
     decode: Callable
     vae_params: Any
+    layout: Any = None  # sharded.Layout | None
+
+    @property
+    def axes(self):
+        """The generator's logical axes (pure-dict tree of Axes)."""
+        return shd.logical_axes(abstract_model(self.cfg)[1])
 
     def info(self, name: str, model: DiTConfig) -> dict:
         return dict(stage=name, model=model.to_dict(), vae_preset=self.config.vae.preset,
@@ -178,26 +206,36 @@ class _DiTInputs:
     def generator(self, name: str):
         """(graphdef, params) the stage starts from: the export in ``train.init_from`` (one of
         the stages it may start from), or random weights with ``train.random_init``."""
+        graphdef, abstract = abstract_model(self.cfg)
         if self.tc.random_init:  # throughput benchmarks: no previous stage needed
-            graphdef, params = create(self.cfg, self.tc.seed)
-            return graphdef, _pure(params)
-        graphdef, _ = abstract_model(self.cfg)
+            return graphdef, init_params(lambda: WanDiT(self.cfg, rngs=nnx.Rngs(self.tc.seed)), self.layout,
+                                         shd.logical_axes(abstract))
+        shardings = None
+        if self.layout is not None:
+            shardings = sharded.param_shardings(self.layout, {"generator": shd.logical_axes(abstract)},
+                                                {"generator": _pure(abstract)}, players=True)["generator"]
         params, _ = load_generator(self.tc.init_from, self.cfg, stages=STAGES[name].init_from, seed=self.tc.seed,
-                                   field="train.init_from")
+                                   field="train.init_from", shardings=shardings)
         return graphdef, params
 
 
-def _dit_inputs(config: ConfigDict, tc: TrainConfig, vae) -> _DiTInputs:
+def _dit_inputs(config: ConfigDict, tc: TrainConfig, vae, layout=None) -> _DiTInputs:
     vcfg, vae_graphdef, vae_params = vae
     return _DiTInputs(config, tc, configs.model_config(config), make_encoder(config, vcfg, vae_graphdef),
-                      lambda vp, z: _decode(vcfg, vae_graphdef, vp, z), vae_params)
+                      lambda vp, z: _decode(vcfg, vae_graphdef, vp, z), vae_params, layout)
 
 
-def _base_stage(config, tc, vae) -> Stage:
+# The frozen VAE carries no logical axes: replicated on every device (a leaf for its whole subtree).
+_REPLICATED = shd.Axes(())
+
+
+def _base_stage(config, tc, vae, layout=None) -> Stage:
     """Stage 0: the bidirectional flow-matching DiT, from random weights."""
-    d = _dit_inputs(config, tc, vae)
+    d = _dit_inputs(config, tc, vae, layout)
     base = d.cfg.replace(causal=False, control_channels=0)
-    graphdef, params = create(base, tc.seed)
+    graphdef, abstract = abstract_model(base)
+    axes = shd.logical_axes(abstract)
+    params = init_params(lambda: WanDiT(base, rngs=nnx.Rngs(tc.seed)), layout, axes)
     encode, decode = d.encode, d.decode
 
     def loss(params, frozen, batch, key):
@@ -211,12 +249,13 @@ def _base_stage(config, tc, vae) -> Stage:
                                         shift=tc.sample_shift)
         return decode(frozen["vae"], latents), decode(frozen["vae"], fake)
 
-    return Stage("base", graphdef, _pure(params), {"vae": d.vae_params}, loss, sample, d.info("base", base))
+    return Stage("base", graphdef, params, {"vae": d.vae_params}, loss, sample, d.info("base", base),
+                 param_axes=axes, frozen_axes={"vae": _REPLICATED})
 
 
-def _adapt_stage(config, tc, vae) -> Stage:
+def _adapt_stage(config, tc, vae, layout=None) -> Stage:
     """Stage 1: the causal generator by teacher forcing (multi-step flow matching)."""
-    d = _dit_inputs(config, tc, vae)
+    d = _dit_inputs(config, tc, vae, layout)
     graphdef, params = d.generator("adapt")
     encode, decode = d.encode, d.decode
 
@@ -232,12 +271,13 @@ def _adapt_stage(config, tc, vae) -> Stage:
             num_steps=tc.sample_steps, shift=tc.sample_shift)
         return decode(frozen["vae"], latents), decode(frozen["vae"], jnp.concatenate([latents[:, :1], fake], 1))
 
-    return Stage("adapt", graphdef, params, {"vae": d.vae_params}, loss, sample, d.info("adapt", d.cfg))
+    return Stage("adapt", graphdef, params, {"vae": d.vae_params}, loss, sample, d.info("adapt", d.cfg),
+                 param_axes=d.axes, frozen_axes={"vae": _REPLICATED})
 
 
-def _distill_stage(config, tc, vae) -> Stage:
+def _distill_stage(config, tc, vae, layout=None) -> Stage:
     """Stage 2: consistency distillation to one step; the student starts as the teacher."""
-    d = _dit_inputs(config, tc, vae)
+    d = _dit_inputs(config, tc, vae, layout)
     graphdef, params = d.generator("distill")
     encode = d.encode
 
@@ -248,10 +288,11 @@ def _distill_stage(config, tc, vae) -> Stage:
                                            shift=tc.shift)
 
     sample = _one_step_sampler(graphdef, encode, d.decode)
-    # The teacher is a copy: the student's buffers are donated to each update.
+    # The teacher is a copy (in the same shards): the student's buffers are donated to each update.
     teacher = jax.tree.map(jnp.copy, params)
+    axes = d.axes
     return Stage("distill", graphdef, params, {"vae": d.vae_params, "teacher": teacher}, loss, sample,
-                 d.info("distill", d.cfg))
+                 d.info("distill", d.cfg), param_axes=axes, frozen_axes={"vae": _REPLICATED, "teacher": axes})
 
 
 def _one_step_sampler(graphdef, encode, decode, params_of=lambda p: p):
@@ -273,7 +314,7 @@ def adversarial_config(config: ConfigDict) -> adversarial.AdversarialConfig:
         extensions=tc.extensions, r_sigma=tc.r_sigma, r_lambda=tc.r_lambda)
 
 
-def load_discriminator_backbone(source: str, cfg, seed: int):
+def load_discriminator_backbone(source: str, cfg, seed: int, shardings=None):
     """The stage 1 weights the discriminator starts from; refuses an export whose generator
     architecture differs from ``cfg`` (the generator's), naming the differing fields."""
     info = ckpt.export_info(source) if source and os.path.exists(source) else None
@@ -286,7 +327,7 @@ def load_discriminator_backbone(source: str, cfg, seed: int):
                              "generator's architecture: " + ", ".join(f"{f}={theirs[f]!r} (generator {mine[f]!r})"
                                                                       for f in differ))
     params, _ = load_generator(source, cfg, stages=STAGES["adversarial"].disc_init_from, seed=seed,
-                               field="train.disc_init_from")
+                               field="train.disc_init_from", shardings=shardings)
     return params
 
 
@@ -294,19 +335,25 @@ def _norm_field(v):
     return tuple(v) if isinstance(v, (list, tuple)) else v
 
 
-def _adversarial_stage(config, tc, vae) -> Stage:
+def _adversarial_stage(config, tc, vae, layout=None) -> Stage:
     """Stage 3: the generator against a discriminator started from stage 1 (App. B, D)."""
-    d = _dit_inputs(config, tc, vae)
+    d = _dit_inputs(config, tc, vae, layout)
     cfg, encode = d.cfg, d.encode
     graphdef, g_params = d.generator("adversarial")
     acfg = adversarial_config(config)
     acfg.check(config.data.latent_frames)
     dcfg = DiscriminatorConfig(layers=tc.disc_layers, head_dim=tc.disc_head_dim)
     dcfg.resolved_layers(cfg.num_layers)
-    d_graphdef, d_state = nnx.split(Discriminator(cfg, dcfg, rngs=nnx.Rngs(tc.seed + 1)))
-    d_params = _pure(d_state)
+    make_disc = lambda: Discriminator(cfg, dcfg, rngs=nnx.Rngs(tc.seed + 1))  # noqa: E731
+    d_graphdef, d_abstract = nnx.split(nnx.eval_shape(make_disc))
+    d_axes = shd.logical_axes(d_abstract)
+    d_params = init_params(make_disc, layout, d_axes, player="discriminator")
     if not tc.random_init:
-        d_params["backbone"] = load_discriminator_backbone(tc.disc_init_from, cfg, tc.seed)
+        shardings = None
+        if layout is not None:
+            shardings = sharded.param_shardings(layout, {"discriminator": d_axes}, {"discriminator": _pure(d_abstract)},
+                                                players=True)["discriminator"]["backbone"]
+        d_params["backbone"] = load_discriminator_backbone(tc.disc_init_from, cfg, tc.seed, shardings)
     params = {"generator": g_params, "discriminator": d_params}
 
     def grads(params, frozen, batch, key):
@@ -331,10 +378,12 @@ def _adversarial_stage(config, tc, vae) -> Stage:
     return Stage("adversarial", graphdef, params, {"vae": d.vae_params},
                  loss=None, sample=lambda p, f, b, k: one_step(p, f, one_clip(b), k), info=info, grads=grads,
                  optimizer=optimizer, clips_per_example=acfg.segments,
-                 export_params=lambda p: p["generator"], check_metrics=check_metrics)
+                 export_params=lambda p: p["generator"], check_metrics=check_metrics,
+                 param_axes={"generator": d.axes, "discriminator": d_axes}, frozen_axes={"vae": _REPLICATED},
+                 players=True)
 
 
-def _vae_stage(config, tc, vae) -> Stage:
+def _vae_stage(config, tc, vae, layout=None) -> Stage:
     """The causal VAE (reconstruction + KL); its export records the latents' statistics."""
     _, graphdef, params = vae
 
@@ -377,7 +426,7 @@ class StageSpec:
     ``train.init_from`` (and ``train.disc_init_from``) may name, the first being the one it
     follows in the pipeline, and how the drift evaluation streams its export."""
     name: str
-    build: Callable[[ConfigDict, TrainConfig, tuple], Stage]  # (config, train, (vcfg, graphdef, params))
+    build: Callable[..., Stage]  # (config, train, (vcfg, graphdef, params), layout or None)
     init_from: tuple[str, ...] = ()
     disc_init_from: tuple[str, ...] = ()
     sampler: str | None = None  # MULTISTEP, ONESTEP, or None: not a generator
