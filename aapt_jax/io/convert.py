@@ -140,7 +140,7 @@ def write_vae(directory: str, plan) -> None:
 def write_discriminator(directory: str, cfg: DiTConfig, source: CheckpointSource, dtype: str,
                         max_shard_bytes: int) -> None:
     """``backbone/`` (a WanTransformer3DModel folder), ``heads.safetensors`` (per head ``i``:
-    ``heads.{i}.proj`` and ``heads.{i}.out`` linears, torch layout) and ``discriminator.json``
+    ``heads.{i}.proj`` and ``heads.{i}.out`` linears, torch layout; ``out`` has no bias) and ``discriminator.json``
     (the blocks feeding the heads, head width)."""
     prefix = source.prefix("discriminator")
     os.makedirs(directory)
@@ -163,7 +163,8 @@ def write_discriminator(directory: str, cfg: DiTConfig, source: CheckpointSource
     dinfo = dict(source.info.get("discriminator") or {})
     if "layers" in dinfo:
         dinfo["layers"] = sorted((i + cfg.num_layers) % cfg.num_layers for i in dinfo["layers"])
-    _write_json(os.path.join(directory, "discriminator.json"), dict(dinfo, num_heads=len(heads) // 4))
+    num_heads = len({path.split(".")[1] for path in heads})
+    _write_json(os.path.join(directory, "discriminator.json"), dict(dinfo, num_heads=num_heads))
 
 
 # ----- aapt.json ------------------------------------------------------------------------------

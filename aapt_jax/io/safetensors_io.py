@@ -69,6 +69,9 @@ class LazyStateDict(Mapping):
         out._where = {k: v for k, v in self._where.items() if k not in keys}
         return out
 
+    def __contains__(self, key):  # Mapping's default would read the tensor
+        return key in self._where
+
     def __iter__(self):
         return iter(self._where)
 

@@ -189,8 +189,11 @@ def load_wan_transformer(source, cfg: DiTConfig | None = None, *, new_channels: 
     rows = key_map(cfg)
 
     base_in = cfg.in_channels
-    patch_w = state.get("patch_embedding.weight")
-    if patch_w is not None and patch_w.ndim == 5 and patch_w.shape[1] == cfg.latent_channels < cfg.in_channels:
+    patch = None  # the patch kernel's shape (from the file header when read lazily)
+    if "patch_embedding.weight" in state:
+        patch = (state.shape_of("patch_embedding.weight") if isinstance(state, LazyStateDict)
+                 else tuple(state["patch_embedding.weight"].shape))
+    if patch is not None and len(patch) == 5 and patch[1] == cfg.latent_channels < cfg.in_channels:
         base_in = cfg.latent_channels  # a base checkpoint: widen below
     expected = {theirs: _torch_shape(hook, ours_shapes[ours], cfg, base_in) for theirs, ours, hook in rows}
     unused_ok = {k for k in state if k.startswith("rope.")}  # buffers some exporters keep

@@ -24,6 +24,7 @@ from aapt_jax.io.video import unit_to_frames, write_mp4
 from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.controls import control_maps
 from aapt_jax.model.dit import abstract_model, create
+from aapt_jax.parallel.mesh import mesh_from_config
 from aapt_jax.sample.camera_path import walk_path
 from aapt_jax.sample.streaming import StreamingSampler
 from aapt_jax.timing import timed
@@ -92,7 +93,7 @@ def stream_video(config: ConfigDict, *, checkpoint: str = "", first_frame: str =
     graphdef, params, (vcfg, vae_graphdef, vae_params) = _weights(config, cfg, checkpoint, config.sample.seed)
     first, text, controls, keys = _inputs(config, cfg, ctrl_cfg, first, random_text=not checkpoint)
 
-    sampler = StreamingSampler(cfg, graphdef)
+    sampler = StreamingSampler(cfg, graphdef, mesh=mesh_from_config(config.get("mesh")))
     state = sampler.init(params, first, text)
     decoder = vae_lib.decode_init(vcfg, B, (cfg.latent_height, cfg.latent_width))
     denorm = lambda z: vae_lib.denormalize_latents(vcfg, z)  # noqa: E731
