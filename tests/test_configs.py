@@ -23,7 +23,8 @@ from configs import tiny_world
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 MODULES = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "__init__")
 # What each video source's clips carry besides video and text (aapt_jax.data.sources).
-SOURCE_INPUTS = {"world": {"intrinsics", "c2w"}, "pose": {"keypoints", "visibility"}, "folder": set()}
+# 'latents' (launch.encode shards) hold what their source gave; checked against the shards when a run starts.
+SOURCE_INPUTS = {"world": {"intrinsics", "c2w"}, "pose": {"keypoints", "visibility"}, "folder": set(), "latents": set()}
 WAN_1_3B_PARAMS = 1_418_996_800  # diffusers' count of configs/wan2_1_t2v_1_3b.py (16 input channels)
 
 

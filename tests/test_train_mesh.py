@@ -142,8 +142,9 @@ def test_three_steps_end_with_the_one_device_params(results, stage, mesh):
 
 
 # (rows, columns) of one device's shard of blocks[0].ffn.proj_in.kernel [embed 96, mlp 256]:
-# `embed` goes over fsdp (ZeRO-3), or stays whole in the fsdp group (ZeRO-2, the params).
-SPLIT = {"data2_fsdp4": [24, 256], "fsdp2_ctx4": [48, 256]}
+# `embed` goes over the ZeRO group fsdp x context (ZeRO-3), or stays whole in it (ZeRO-2,
+# the params); data replicates.
+SPLIT = {"data2_fsdp4": [24, 256], "fsdp2_ctx4": [12, 256]}
 WHOLE = [96, 256]
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-# Public in older JAX as jax.ad_checkpoint.saved_residuals; only the printing wrapper is now.
-from jax._src.ad_checkpoint import saved_residuals
 
 from aapt_jax import configs as aapt_configs
 from aapt_jax.configs import Named
@@ -31,23 +29,9 @@ from aapt_jax.model.discriminator import Discriminator, DiscriminatorConfig
 from aapt_jax.model.dit import abstract_model
 from aapt_jax.sample.streaming import init_state, rollout_frames
 from aapt_jax.train.adversarial import generator_loss, student_generator_loss
+from aapt_jax.train.plan import saved_activation_bytes
 
 GIB = 2.0**30
-
-
-def saved_activation_bytes(loss, params, *inputs) -> int:
-    """Bytes the backward of ``loss(params, *inputs)`` in ``params`` keeps, besides the params
-    and inputs themselves (held anyway). The inputs enter as constants, as the
-    discriminator's params and the batch do in a generator update."""
-    found = []
-
-    def trace(*inputs):
-        found.extend(saved_residuals(lambda p: loss(p, *inputs), params))
-        return 0
-
-    jax.make_jaxpr(trace)(*inputs)
-    return sum(aval.size * aval.dtype.itemsize for aval, source in found
-               if not source.startswith(("from the argument", "from a constant")))
 
 
 def _abstract_players(cfg, dcfg):
@@ -117,7 +101,7 @@ def student_forcing_memory(named: Named, quick: bool = False) -> list:
     if quick:
         return out
     # the paper's scale: aapt-8B, 30 generated frames at 736x416, remat per block, bf16
-    cfg = aapt_configs.model_config(named("aapt-8B")).replace(remat=True)
+    cfg = aapt_configs.model_config(named("aapt-8B")).replace(remat=True, attention_impl="xla")
     dcfg = DiscriminatorConfig(layers=(11, 23, 35), head_dim=256)
     variants = generator_loss_variants(cfg, dcfg, 30)
     for name, metric in (("student", "aapt8b_student_forcing_saved_gib_per_sample"),

@@ -47,15 +47,19 @@ DEFAULT_RULES: dict = {
 }
 
 # Per-player strategies (paper App. "Parallelism"): which rules place a player's params, and
-# which its gradients and optimizer state. ZeRO-3 shards all three over ``fsdp``; ZeRO-2
-# keeps the params whole within the fsdp group (the student-forcing generator runs one
-# recurrent forward per frame and must not all-gather its weights for each) and shards the
-# gradients (reduce-scattered) and the optimizer state, the update all-gathering the new
-# params once per step. ``tensor`` splits stay in both.
+# which its gradients and optimizer state. The ZeRO group is every device of ``fsdp`` and
+# ``context``: the devices that split one sample by tokens hold different parts of the
+# model too (as DeepSpeed's ZeRO spans its data and sequence-parallel ranks), so one sample
+# on 8 devices (``context=8``) still divides the model by 8. ZeRO-3 shards params, gradients
+# and optimizer state over the group; ZeRO-2 keeps the params whole within it (the
+# student-forcing generator runs one recurrent forward per frame and must not all-gather
+# its weights for each) and shards the gradients (reduce-scattered) and the optimizer state,
+# the update all-gathering the new params once per step. ``tensor`` splits stay in both.
+ZERO_RULES: dict = dict(DEFAULT_RULES, embed=("fsdp", "context"))
 ZERO2_PARAM_RULES: dict = dict(DEFAULT_RULES, embed=None)
 STRATEGIES: dict = {
-    "zero3": {"params": DEFAULT_RULES, "state": DEFAULT_RULES},
-    "zero2": {"params": ZERO2_PARAM_RULES, "state": DEFAULT_RULES},
+    "zero3": {"params": ZERO_RULES, "state": ZERO_RULES},
+    "zero2": {"params": ZERO2_PARAM_RULES, "state": ZERO_RULES},
 }
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("aapt_sharding", default=None)

@@ -272,26 +272,9 @@ def adversarial_update(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, 
     tt = jnp.tile(t, S)
     real_text, fake_text = real_text.reshape(-1, *text.shape[1:]), jnp.tile(text, (S, 1, 1))
 
-    def d_loss(dp):
-        d = nnx.merge(d_graphdef, dp)
-        real_p = perturb_judged(real_videos, k_r1, acfg.r_sigma)
-        fake_p = perturb_judged(fake_videos, k_r2, acfg.r_sigma)
-        if acfg.forcing == "teacher":
-            ref = seg.real[0]
-            lf, lr = teacher_forced_logits(d, ref, fake_videos[:, 1:], tt, text, real_ctrl)
-            lf_p, _ = teacher_forced_logits(d, ref, fake_p[:, 1:], tt, text, real_ctrl)
-            lr_p = d(real_p, tt, text, real_ctrl)
-        else:
-            both = jnp.concatenate([real_videos, fake_videos, real_p, fake_p], axis=0)
-            ctrl = None if real_ctrl is None else jnp.concatenate([real_ctrl, fake_ctrl] * 2, axis=0)
-            texts = jnp.concatenate([real_text, fake_text] * 2, axis=0)
-            logits = d(both, jnp.tile(tt, 4), texts, ctrl)
-            lr, lf, lr_p, lf_p = jnp.split(logits, 4, axis=0)
-        adv = discriminator_loss(lf, lr)
-        r1 = acfg.r_lambda * jnp.mean(jnp.square(lr - lr_p))
-        r2 = acfg.r_lambda * jnp.mean(jnp.square(lf - lf_p))
-        return adv + r1 + r2, (adv, r1, r2, lr, lf)
-
+    judged = Judged(fake_videos, fake_ctrl, fake_text, real_videos, real_ctrl, real_text, noise_keys)
+    d_loss = functools.partial(discriminator_objective, acfg, d_graphdef, judged, tt, (k_r1, k_r2),
+                               teacher=(seg.real[0], text) if acfg.forcing == "teacher" else None)
     (d_total, (d_adv, r1, r2, lr_d, lf_d)), d_grads = jax.value_and_grad(d_loss, has_aux=True)(d_params)
     g_loss_mean = jnp.mean(jnp.stack(g_losses))
     metrics = {
@@ -302,8 +285,37 @@ def adversarial_update(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, 
     }
     if acfg.forcing == "student":
         metrics["replay_max_abs_err"] = replay_err
-    judged = Judged(fake_videos, fake_ctrl, fake_text, real_videos, real_ctrl, real_text, noise_keys)
     return {"generator": g_grads, "discriminator": d_grads}, metrics, judged
+
+
+def discriminator_objective(acfg: AdversarialConfig, d_graphdef, judged: Judged, t, keys, d_params, *,
+                            teacher=None):
+    """The discriminator's loss of one update and its parts, ``(total, (adv, r1, r2, real
+    logits, fake logits))``: the relativistic loss of ``judged.fake`` against ``judged.real``
+    (``t`` ``[S*B]``) plus aR1/aR2 on copies perturbed with ``keys`` = (real key, fake key).
+    Student forcing judges all four videos in one pass; ``teacher`` = (real clip
+    ``[B, 1 + K, ...]``, caption) judges each generated frame against the real frames before
+    it (App. D)."""
+    d = nnx.merge(d_graphdef, d_params)
+    k_r1, k_r2 = keys
+    real_p = perturb_judged(judged.real, k_r1, acfg.r_sigma)
+    fake_p = perturb_judged(judged.fake, k_r2, acfg.r_sigma)
+    if teacher is not None:
+        ref, text = teacher
+        lf, lr = teacher_forced_logits(d, ref, judged.fake[:, 1:], t, text, judged.real_controls)
+        lf_p, _ = teacher_forced_logits(d, ref, fake_p[:, 1:], t, text, judged.real_controls)
+        lr_p = d(real_p, t, text, judged.real_controls)
+    else:
+        both = jnp.concatenate([judged.real, judged.fake, real_p, fake_p], axis=0)
+        ctrl = (None if judged.real_controls is None else
+                jnp.concatenate([judged.real_controls, judged.fake_controls] * 2, axis=0))
+        texts = jnp.concatenate([judged.real_text, judged.fake_text] * 2, axis=0)
+        logits = d(both, jnp.tile(t, 4), texts, ctrl)
+        lr, lf, lr_p, lf_p = jnp.split(logits, 4, axis=0)
+    adv = discriminator_loss(lf, lr)
+    r1 = acfg.r_lambda * jnp.mean(jnp.square(lr - lr_p))
+    r2 = acfg.r_lambda * jnp.mean(jnp.square(lf - lf_p))
+    return adv + r1 + r2, (adv, r1, r2, lr, lf)
 
 
 def _norm(tree):

@@ -6,12 +6,13 @@ the train step is jitted with explicit in/out shardings derived from the logical
 rules (:mod:`aapt_jax.parallel.sharding`):
 
 * params: each Param's logical axes under its player's strategy
-  (:meth:`aapt_jax.train.config.TrainConfig.strategies`, ZeRO-3 or ZeRO-2). The adversarial
+  (:meth:`aapt_jax.train.config.TrainConfig.strategies`, ZeRO-3 or ZeRO-2 over the ZeRO
+  group ``fsdp`` x ``context``, :data:`aapt_jax.parallel.sharding.STRATEGIES`). The adversarial
   stage's params are ``{'generator': ..., 'discriminator': ...}``, one player each; every
   other stage's are one player, the generator (the VAE stage's carry no logical axes and are
   replicated);
-* gradients and optimizer state: the strategy's ``state`` rules (split over ``fsdp`` in
-  both strategies). An optimizer-state leaf that mirrors a param (AdamW's ``mu``/``nu``,
+* gradients and optimizer state: the strategy's ``state`` rules (split over the ZeRO group
+  in both strategies). An optimizer-state leaf that mirrors a param (AdamW's ``mu``/``nu``,
   RMSProp's ``nu``: same shape, its tree path ending in the param's) takes that param's
   gradient sharding; counters are replicated;
 * frozen inputs: by the stage's ``frozen_axes`` under the ZeRO-3 rules (the distillation
@@ -148,7 +149,7 @@ def train_shardings(stage, tx, layout: Layout, batch_size: int) -> TrainSharding
     repl = layout.replicated()
     opt = mirror_shardings(jax.eval_shape(tx.init, params), params, g_sh, repl)
     frozen_axes = stage.frozen_axes if stage.frozen_axes is not None else shd.replicated_axes(stage.frozen)
-    frozen = shd.tree_shardings(frozen_axes, _shapes(stage.frozen), layout.mesh, shd.DEFAULT_RULES, what="frozen",
+    frozen = shd.tree_shardings(frozen_axes, _shapes(stage.frozen), layout.mesh, shd.ZERO_RULES, what="frozen",
                                 strict=layout.strict)
     batch = shd.array_sharding((batch_size,), ("batch",), layout.mesh, layout.rules, name="batch",
                                strict=layout.strict)

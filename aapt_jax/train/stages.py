@@ -85,19 +85,24 @@ class Stage:
     param_axes: Any = None
     frozen_axes: Any = None
     players: bool = False
+    player_graphdefs: dict | None = None  # {player: graphdef} where params are {player: params}
 
 
 def _pure(state):
     return nnx.to_pure_dict(state)
 
 
-def _vae(config: ConfigDict, tc: TrainConfig, trainable: bool):
+def _vae(config: ConfigDict, tc: TrainConfig, trainable: bool, abstract: bool = False):
+    if abstract:  # shapes only (the plan): nothing read or allocated
+        vcfg = get_vae_config(config.vae.preset)
+        graphdef, params = nnx.split(vae_lib.abstract_vae(vcfg))
+        return vcfg, graphdef, _pure(params)
     if trainable or tc.random_init:
         return load_vae(config.vae.preset, "", seed=tc.seed, allow_random=True)
     return load_vae(config.vae.preset, config.vae.checkpoint)
 
 
-def make_encoder(config: ConfigDict, vcfg, vae_graphdef):
+def make_encoder(config: ConfigDict, vcfg, vae_graphdef, check_files: bool = True):
     """(vae_params, batch) -> (latents [B,1+K,h,w,C] normalized, text, controls [B,K,h,w,Cc] | None).
 
     A batch carries either ``video`` uint8 ``[B,1+4K,H,W,3]`` (encoded here by the frozen VAE)
@@ -107,7 +112,7 @@ def make_encoder(config: ConfigDict, vcfg, vae_graphdef):
     ctrl_cfg = configs.control_config(config)
     hw = (config.video.height, config.video.width)
     data = config.get("data")
-    if data is not None and data.get("source") == "latents":
+    if data is not None and data.get("source") == "latents" and check_files:
         # Fail before the generator loads or anything compiles: the shards must fit the data
         # config, this run's VAE (it normalizes and decodes them) and the control kind.
         from aapt_jax.data.latent_shards import check_for_training
@@ -159,20 +164,26 @@ def check_config(config: ConfigDict) -> TrainConfig:
     return tc
 
 
-def build(config: ConfigDict, layout: sharded.Layout | None = None) -> Stage:
+def build(config: ConfigDict, layout: sharded.Layout | None = None, *, abstract: bool = False) -> Stage:
     """Validate the config and build the stage (no compilation happens here). With a
     ``layout`` (the run's mesh and strategies) the players' weights are created or restored
-    straight into their shards on its mesh: no device or host holds a whole model."""
+    straight into their shards on its mesh: no device or host holds a whole model. With
+    ``abstract`` every weight is a ``jax.ShapeDtypeStruct`` and no file is read (nor data:
+    the plan of a run, :mod:`aapt_jax.train.plan`)."""
     tc = check_config(config)
     spec = STAGES[tc.stage]
-    vae = _vae(config, tc, trainable=spec.trains_vae)
+    vae = _vae(config, tc, trainable=spec.trains_vae, abstract=abstract)
     check_data_geometry(config, vae[0])
-    return spec.build(config, tc, vae, layout)
+    return spec.build(config, tc, vae, layout, abstract)
 
 
-def init_params(make, layout: sharded.Layout | None, axes=None, player: str = sharded.GENERATOR):
+def init_params(make, layout: sharded.Layout | None, axes=None, player: str = sharded.GENERATOR,
+                abstract: bool = False):
     """The pure-dict params of the module ``make()`` builds; with a layout, initialised by one
-    jitted call whose outputs are the param shards (nothing whole on any device)."""
+    jitted call whose outputs are the param shards (nothing whole on any device); with
+    ``abstract``, their shapes only."""
+    if abstract:
+        return _pure(nnx.state(nnx.eval_shape(make)))
     if layout is None:
         return _pure(nnx.split(make())[1])
     abstract = nnx.eval_shape(make)
@@ -193,6 +204,7 @@ class _DiTInputs:
     decode: Callable
     vae_params: Any
     layout: Any = None  # sharded.Layout | None
+    abstract: bool = False
 
     @property
     def axes(self):
@@ -207,6 +219,8 @@ class _DiTInputs:
         """(graphdef, params) the stage starts from: the export in ``train.init_from`` (one of
         the stages it may start from), or random weights with ``train.random_init``."""
         graphdef, abstract = abstract_model(self.cfg)
+        if self.abstract:
+            return graphdef, _pure(abstract)
         if self.tc.random_init:  # throughput benchmarks: no previous stage needed
             return graphdef, init_params(lambda: WanDiT(self.cfg, rngs=nnx.Rngs(self.tc.seed)), self.layout,
                                          shd.logical_axes(abstract))
@@ -219,23 +233,24 @@ class _DiTInputs:
         return graphdef, params
 
 
-def _dit_inputs(config: ConfigDict, tc: TrainConfig, vae, layout=None) -> _DiTInputs:
+def _dit_inputs(config: ConfigDict, tc: TrainConfig, vae, layout=None, abstract=False) -> _DiTInputs:
     vcfg, vae_graphdef, vae_params = vae
-    return _DiTInputs(config, tc, configs.model_config(config), make_encoder(config, vcfg, vae_graphdef),
-                      lambda vp, z: _decode(vcfg, vae_graphdef, vp, z), vae_params, layout)
+    return _DiTInputs(config, tc, configs.model_config(config),
+                      make_encoder(config, vcfg, vae_graphdef, check_files=not abstract),
+                      lambda vp, z: _decode(vcfg, vae_graphdef, vp, z), vae_params, layout, abstract)
 
 
 # The frozen VAE carries no logical axes: replicated on every device (a leaf for its whole subtree).
 _REPLICATED = shd.Axes(())
 
 
-def _base_stage(config, tc, vae, layout=None) -> Stage:
+def _base_stage(config, tc, vae, layout=None, abstract=False) -> Stage:
     """Stage 0: the bidirectional flow-matching DiT, from random weights."""
-    d = _dit_inputs(config, tc, vae, layout)
+    d = _dit_inputs(config, tc, vae, layout, abstract)
     base = d.cfg.replace(causal=False, control_channels=0)
     graphdef, abstract = abstract_model(base)
     axes = shd.logical_axes(abstract)
-    params = init_params(lambda: WanDiT(base, rngs=nnx.Rngs(tc.seed)), layout, axes)
+    params = init_params(lambda: WanDiT(base, rngs=nnx.Rngs(tc.seed)), layout, axes, abstract=abstract)
     encode, decode = d.encode, d.decode
 
     def loss(params, frozen, batch, key):
@@ -253,9 +268,9 @@ def _base_stage(config, tc, vae, layout=None) -> Stage:
                  param_axes=axes, frozen_axes={"vae": _REPLICATED})
 
 
-def _adapt_stage(config, tc, vae, layout=None) -> Stage:
+def _adapt_stage(config, tc, vae, layout=None, abstract=False) -> Stage:
     """Stage 1: the causal generator by teacher forcing (multi-step flow matching)."""
-    d = _dit_inputs(config, tc, vae, layout)
+    d = _dit_inputs(config, tc, vae, layout, abstract)
     graphdef, params = d.generator("adapt")
     encode, decode = d.encode, d.decode
 
@@ -275,9 +290,9 @@ def _adapt_stage(config, tc, vae, layout=None) -> Stage:
                  param_axes=d.axes, frozen_axes={"vae": _REPLICATED})
 
 
-def _distill_stage(config, tc, vae, layout=None) -> Stage:
+def _distill_stage(config, tc, vae, layout=None, abstract=False) -> Stage:
     """Stage 2: consistency distillation to one step; the student starts as the teacher."""
-    d = _dit_inputs(config, tc, vae, layout)
+    d = _dit_inputs(config, tc, vae, layout, abstract)
     graphdef, params = d.generator("distill")
     encode = d.encode
 
@@ -289,7 +304,7 @@ def _distill_stage(config, tc, vae, layout=None) -> Stage:
 
     sample = _one_step_sampler(graphdef, encode, d.decode)
     # The teacher is a copy (in the same shards): the student's buffers are donated to each update.
-    teacher = jax.tree.map(jnp.copy, params)
+    teacher = params if abstract else jax.tree.map(jnp.copy, params)
     axes = d.axes
     return Stage("distill", graphdef, params, {"vae": d.vae_params, "teacher": teacher}, loss, sample,
                  d.info("distill", d.cfg), param_axes=axes, frozen_axes={"vae": _REPLICATED, "teacher": axes})
@@ -335,9 +350,9 @@ def _norm_field(v):
     return tuple(v) if isinstance(v, (list, tuple)) else v
 
 
-def _adversarial_stage(config, tc, vae, layout=None) -> Stage:
+def _adversarial_stage(config, tc, vae, layout=None, abstract=False) -> Stage:
     """Stage 3: the generator against a discriminator started from stage 1 (App. B, D)."""
-    d = _dit_inputs(config, tc, vae, layout)
+    d = _dit_inputs(config, tc, vae, layout, abstract)
     cfg, encode = d.cfg, d.encode
     graphdef, g_params = d.generator("adversarial")
     acfg = adversarial_config(config)
@@ -347,8 +362,8 @@ def _adversarial_stage(config, tc, vae, layout=None) -> Stage:
     make_disc = lambda: Discriminator(cfg, dcfg, rngs=nnx.Rngs(tc.seed + 1))  # noqa: E731
     d_graphdef, d_abstract = nnx.split(nnx.eval_shape(make_disc))
     d_axes = shd.logical_axes(d_abstract)
-    d_params = init_params(make_disc, layout, d_axes, player="discriminator")
-    if not tc.random_init:
+    d_params = init_params(make_disc, layout, d_axes, player="discriminator", abstract=abstract)
+    if not (tc.random_init or abstract):
         shardings = None
         if layout is not None:
             shardings = sharded.param_shardings(layout, {"discriminator": d_axes}, {"discriminator": _pure(d_abstract)},
@@ -380,10 +395,10 @@ def _adversarial_stage(config, tc, vae, layout=None) -> Stage:
                  optimizer=optimizer, clips_per_example=acfg.segments,
                  export_params=lambda p: p["generator"], check_metrics=check_metrics,
                  param_axes={"generator": d.axes, "discriminator": d_axes}, frozen_axes={"vae": _REPLICATED},
-                 players=True)
+                 players=True, player_graphdefs={"generator": graphdef, "discriminator": d_graphdef})
 
 
-def _vae_stage(config, tc, vae, layout=None) -> Stage:
+def _vae_stage(config, tc, vae, layout=None, abstract=False) -> Stage:
     """The causal VAE (reconstruction + KL); its export records the latents' statistics."""
     _, graphdef, params = vae
 
@@ -426,7 +441,7 @@ class StageSpec:
     ``train.init_from`` (and ``train.disc_init_from``) may name, the first being the one it
     follows in the pipeline, and how the drift evaluation streams its export."""
     name: str
-    build: Callable[..., Stage]  # (config, train, (vcfg, graphdef, params), layout or None)
+    build: Callable[..., Stage]  # (config, train, (vcfg, graphdef, params), layout or None, abstract)
     init_from: tuple[str, ...] = ()
     disc_init_from: tuple[str, ...] = ()
     sampler: str | None = None  # MULTISTEP, ONESTEP, or None: not a generator
