@@ -261,6 +261,17 @@ def make_source(data_cfg) -> _ClipSource | CroppedSource | LatentSource:
     return CroppedSource(source, int(cfg["crop"]), cfg["seed"]) if cfg["crop"] else source
 
 
+def _rows_of_global_batches(ds, rows: int, index: int, count: int):
+    """Item ``i`` of process ``index``'s stream: item ``(i // rows) * rows * count + index * rows
+    + i % rows`` of the one-process stream ``ds`` (its rows of every global batch)."""
+    whole = rows * count
+
+    def item(i):
+        return ds[(i // rows) * whole + index * rows + i % rows]
+
+    return grain.MapDataset.range(len(ds) // whole * rows).map(item)
+
+
 def make_loader(source, batch_size: int, seed: int, shuffle: bool = True,
                 num_epochs: int | None = None, worker_count: int = 0, *,
                 shard_index: int = 0, shard_count: int = 1, read_threads: int = 2, keep=None):
@@ -275,8 +286,13 @@ def make_loader(source, batch_size: int, seed: int, shuffle: bool = True,
       worker_count: processes that produce batches (0: this process). With workers the
         program must parse its absl flags before building the loader and run under an
         ``if __name__ == "__main__"`` guard.
-      shard_index, shard_count: this host's share of the source (items
-        ``shard_index::shard_count``), e.g. ``jax.process_index(), jax.process_count()``.
+      shard_index, shard_count: this process's share of every batch: the loader yields rows
+        ``[shard_index * batch_size, (shard_index + 1) * batch_size)`` of the batches of
+        ``batch_size * shard_count`` that one loader (``shard_count=1``) would yield, reading
+        only those items. So the global batch of a multi-process run, its processes' batches
+        side by side, is the same whatever the number of processes (e.g.
+        :func:`aapt_jax.train.sharded.process_rows` of the batch sharding). A ``keep`` filter
+        applies to each process's own items.
       read_threads: threads that read items ahead in each process.
       keep: optional predicate on one item; items it rejects are skipped (e.g.
         :class:`aapt_jax.data.control_outliers.CameraOutlierFilter`).
@@ -303,11 +319,11 @@ def make_loader(source, batch_size: int, seed: int, shuffle: bool = True,
                          f"{shard_count} hosts cannot fill a batch of {batch_size}")
 
     ds = grain.MapDataset.source(source)
-    if shard_count > 1:
-        ds = ds[shard_index::shard_count]
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
+    if shard_count > 1:
+        ds = _rows_of_global_batches(ds, batch_size, shard_index, shard_count)
     # Only a few items ahead: a clip is large and the producer should not race the trainer.
     read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size, 1))
     it = ds.to_iter_dataset(read)

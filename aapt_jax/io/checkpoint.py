@@ -79,7 +79,7 @@ class Checkpointer:
         step, path, hint = self._locate(step)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                state=ocp.args.StandardRestore(placed_target(abstract_state)), meta=ocp.args.JsonRestore()))
         except Exception as e:  # orbax raises many types for bad files; name the path once
             raise CheckpointError(f"{path}: cannot restore this checkpoint ({type(e).__name__}: "
                                   f"{str(e)[:300]}){hint}") from e
@@ -88,6 +88,15 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def placed_target(tree):
+    """A restore target whose every leaf has a sharding: one that gives none is read whole onto
+    the default device (Orbax would otherwise use the sharding it was saved with, which a
+    different set of devices cannot honour)."""
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: x if getattr(x, "sharding", None) is not None else
+                        jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=default), tree)
 
 
 def abstract_like(tree):
@@ -109,11 +118,12 @@ def save_export(workdir: str, params: Any, info: dict) -> str:
     if os.path.exists(os.path.join(root, "info.json")):
         raise CheckpointError(f"{root}: an export already exists; refusing to overwrite it")
     os.makedirs(root, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckptr:
+    with ocp.StandardCheckpointer() as ckptr:  # every process writes its shards
         ckptr.save(os.path.join(root, "params"), params, force=True)
         ckptr.wait_until_finished()
-    write_manifest(root, "params")
-    atomic_write_json(os.path.join(root, "info.json"), info, sort_keys=True)  # last: marks the export complete
+    if jax.process_index() == 0:
+        write_manifest(root, "params")
+        atomic_write_json(os.path.join(root, "info.json"), info, sort_keys=True)  # last: marks the export complete
     return root
 
 
@@ -137,6 +147,6 @@ def load_export(workdir: str, abstract_params: Any) -> Any:
     verify_manifest(os.path.dirname(root))
     try:
         with ocp.StandardCheckpointer() as ckptr:
-            return ckptr.restore(root, abstract_params)
+            return ckptr.restore(root, placed_target(abstract_params))
     except Exception as e:
         raise CheckpointError(f"{root}: cannot restore these params ({type(e).__name__}: {str(e)[:300]})") from e

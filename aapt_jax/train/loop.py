@@ -173,7 +173,13 @@ def _restore(manager, train_step: sharded.TrainStep, loader, config: ConfigDict,
         raise ValueError(f"workdir: {workdir} has checkpoints of a different config ({'; '.join(differ)}); "
                          f"resume with the saved values or use a new workdir")
     state, meta, step = manager.restore(train_step.abstract_state(), tc.restore_step or None)
-    loader.set_state(meta["data_state"].encode() if isinstance(meta["data_state"], str) else meta["data_state"])
+    data_state = meta["data_state"]
+    if isinstance(data_state, list):  # one per process (a multi-process run)
+        if len(data_state) != jax.process_count():
+            raise ValueError(f"workdir: {workdir} was checkpointed by {len(data_state)} processes, resumed by "
+                             f"{jax.process_count()}; resume with the same number of processes")
+        data_state = data_state[jax.process_index()]
+    loader.set_state(data_state.encode() if isinstance(data_state, str) else data_state)
     log.info("resumed %s at step %d", workdir, step)
     return state
 
@@ -195,7 +201,7 @@ def _train_locked(config: ConfigDict, workdir: str) -> dict:
     loader = make_loader(source, local_rows, seed=config.data.seed, shard_index=shard_index,
                          shard_count=shard_count, keep=control_outlier_filter(aapt_configs.control_config(config), hw))
     from tensorboardX import SummaryWriter
-    writer = SummaryWriter(os.path.join(workdir, "tb"))
+    writer = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else _NoWriter()
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
     try:
@@ -226,15 +232,14 @@ def _steps(config, tc, stage, train_step, state, loader, run, workdir):
     fingerprint = _config_fingerprint(config)
 
     def save(step):
-        data_state = loader.get_state()
-        if isinstance(data_state, bytes):
-            data_state = data_state.decode()
+        data_state = _all_processes(loader.get_state())
         # A copy: the save runs in the background while the next step donates `state`.
         manager.save(step, jax.tree.map(jnp.copy, state),
                      {"config": fingerprint, "data_state": data_state, "stage": stage.name, "info": stage.info})
 
     start = int(state["step"])
-    with tqdm(total=tc.steps, initial=start, desc=f"{stage.name}", unit="step") as bar:
+    with tqdm(total=tc.steps, initial=start, desc=f"{stage.name}", unit="step",
+              disable=jax.process_index() != 0) as bar:
         metrics = _Metrics(stage, tc, writer, bar, manager, schedule)
         for step in range(start, tc.steps):
             done = step + 1
@@ -260,6 +265,32 @@ def _steps(config, tc, stage, train_step, state, loader, run, workdir):
     return state, metrics.losses
 
 
+class _NoWriter:
+    """TensorBoard for the processes other than process 0: it logs once for the run."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _all_processes(data_state):
+    """A loader's state as JSON text; in a multi-process run the list of every process's
+    (the checkpoint's meta is written by process 0; each process resumes its own)."""
+    text = data_state.decode() if isinstance(data_state, bytes) else data_state
+    if jax.process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(text).encode(), np.uint8)
+    lengths = multihost_utils.process_allgather(np.array([raw.size], np.int32))
+    padded = np.zeros(int(np.max(lengths)), np.uint8)
+    padded[:raw.size] = raw
+    every = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(row[:int(n)]).decode()) for row, n in zip(every, np.ravel(lengths))]
+
+
 def _finish(config, tc, stage, state, losses, source, workdir) -> dict:
     """Export a finished stage (after its finish hook) and write the run's summary."""
     finished = int(state["step"]) >= tc.steps
@@ -275,5 +306,6 @@ def _finish(config, tc, stage, state, losses, source, workdir) -> dict:
                    first_10pct_loss=float(np.mean(losses[:n])) if losses else None,
                    last_10pct_loss=float(np.mean(losses[-n:])) if losses else None,
                    skipped_clips=getattr(source, "skipped_clips", 0))
-    atomic_write_json(os.path.join(workdir, "summary.json"), summary)
+    if jax.process_index() == 0:
+        atomic_write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
