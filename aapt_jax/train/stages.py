@@ -186,10 +186,10 @@ def init_params(make, layout: sharded.Layout | None, axes=None, player: str = sh
         return _pure(nnx.state(nnx.eval_shape(make)))
     if layout is None:
         return _pure(nnx.split(make())[1])
-    abstract = nnx.eval_shape(make)
+    shapes = nnx.state(nnx.eval_shape(make))
     if axes is None:
-        axes = shd.logical_axes(nnx.state(abstract))
-    shardings = sharded.param_shardings(layout, {player: axes}, {player: _pure(nnx.state(abstract))}, players=True)
+        axes = shd.logical_axes(shapes)
+    shardings = sharded.param_shardings(layout, {player: axes}, {player: _pure(shapes)}, players=True)
     return jax.jit(lambda: _pure(nnx.split(make())[1]), out_shardings=shardings[player])()
 
 
@@ -218,16 +218,16 @@ class _DiTInputs:
     def generator(self, name: str):
         """(graphdef, params) the stage starts from: the export in ``train.init_from`` (one of
         the stages it may start from), or random weights with ``train.random_init``."""
-        graphdef, abstract = abstract_model(self.cfg)
+        graphdef, shapes = abstract_model(self.cfg)
         if self.abstract:
-            return graphdef, _pure(abstract)
+            return graphdef, _pure(shapes)
         if self.tc.random_init:  # throughput benchmarks: no previous stage needed
             return graphdef, init_params(lambda: WanDiT(self.cfg, rngs=nnx.Rngs(self.tc.seed)), self.layout,
-                                         shd.logical_axes(abstract))
+                                         shd.logical_axes(shapes))
         shardings = None
         if self.layout is not None:
-            shardings = sharded.param_shardings(self.layout, {"generator": shd.logical_axes(abstract)},
-                                                {"generator": _pure(abstract)}, players=True)["generator"]
+            shardings = sharded.param_shardings(self.layout, {"generator": shd.logical_axes(shapes)},
+                                                {"generator": _pure(shapes)}, players=True)["generator"]
         params, _ = load_generator(self.tc.init_from, self.cfg, stages=STAGES[name].init_from, seed=self.tc.seed,
                                    field="train.init_from", shardings=shardings)
         return graphdef, params
@@ -248,8 +248,8 @@ def _base_stage(config, tc, vae, layout=None, abstract=False) -> Stage:
     """Stage 0: the bidirectional flow-matching DiT, from random weights."""
     d = _dit_inputs(config, tc, vae, layout, abstract)
     base = d.cfg.replace(causal=False, control_channels=0)
-    graphdef, abstract = abstract_model(base)
-    axes = shd.logical_axes(abstract)
+    graphdef, shapes = abstract_model(base)
+    axes = shd.logical_axes(shapes)
     params = init_params(lambda: WanDiT(base, rngs=nnx.Rngs(tc.seed)), layout, axes, abstract=abstract)
     encode, decode = d.encode, d.decode
 
