@@ -17,7 +17,7 @@ def test_presets():
     assert wan.latents_mean[0] == -0.7571 and wan.latents_std[-1] == 1.9160
     tiny = get_vae_config("tiny")
     assert (tiny.spatial_ratio, tiny.temporal_ratio) == (8, 4)
-    assert set(PRESETS) == {"tiny", "wan2.1", "wan2.1-light-decoder"}
+    assert set(PRESETS) == {"tiny", "world", "wan2.1", "wan2.1-light-decoder"}
     with pytest.raises(ValueError, match="vae preset: expected one of"):
         get_vae_config("wan9")
 

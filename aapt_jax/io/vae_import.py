@@ -64,7 +64,7 @@ RENAMES: tuple[tuple[str, str], ...] = (
 
 # Our dotted path -> hook; the first match wins.
 HOOKS: tuple[tuple[str, Hook], ...] = (
-    (r"(conv_shortcut|quant_conv)\.kernel$", POINTWISE_3D),
+    (r"(conv_shortcut|quant_conv|patch_in|patch_out)\.kernel$", POINTWISE_3D),
     (r"attentions\.\d+\.(to_qkv|proj)\.kernel$", POINTWISE_2D),
     (r"\.kernel$", CONV),
     (r"attentions\.\d+\.norm\.gamma$", GAMMA_2D),

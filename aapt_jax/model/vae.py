@@ -34,6 +34,7 @@ from flax import nnx, struct
 from aapt_jax.model.vae_config import VAEConfig
 from aapt_jax.model.vae_layers import (CausalConv3d, Downsample, MidBlock, Pointwise, RMSNorm,
                                        ResidualBlock, Upsample, init_value)
+from aapt_jax.model.vae_patch import PatchDecoder, PatchEncoder
 
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamp
 
@@ -153,15 +154,17 @@ class Decoder(nnx.Module):
 
 
 class VAE(nnx.Module):
-    """Encoder, the two 1x1x1 quant convs and decoder, named as in ``AutoencoderKLWan``."""
+    """Encoder, the two 1x1x1 quant convs and decoder, named as in ``AutoencoderKLWan``
+    (the encoder and decoder of :mod:`aapt_jax.model.vae_patch` for ``arch="patch"``)."""
 
     def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs):
         self.config = config
         kw = dict(rngs=rngs, param_dtype=jnp.dtype(config.param_dtype))
-        self.encoder = Encoder(config, rngs=rngs)
+        patch = config.arch == "patch"
+        self.encoder = (PatchEncoder if patch else Encoder)(config, rngs=rngs)
         self.quant_conv = Pointwise(2 * config.z_dim, 2 * config.z_dim, **kw)
         self.post_quant_conv = Pointwise(config.z_dim, config.z_dim, **kw)
-        self.decoder = Decoder(config, rngs=rngs)
+        self.decoder = (PatchDecoder if patch else Decoder)(config, rngs=rngs)
 
     def encode_chunk(self, video, cache, first: bool):
         """``[B, n, H, W, 3]`` -> (mean, logvar) ``[B, n', h, w, z]``, new cache."""

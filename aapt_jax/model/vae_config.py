@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 DTYPES = ("float32", "bfloat16")
 CONV_IMPLS = ("auto", "conv3d", "taps")
+ARCHS = ("wan", "patch")
+PATCH_CLASS_NAME = "AAPTPatchVAE"
 
 # diffusers' AutoencoderKLWan defaults, in its channel order.
 WAN21_LATENTS_MEAN = (
@@ -59,6 +61,7 @@ class VAEConfig:
     # How the 3D convs run: "conv3d" (one XLA conv), "taps" (2D convs summed over the time
     # taps; several times faster on XLA:CPU) or "auto" (taps on CPU, conv3d elsewhere).
     conv_impl: str = "auto"
+    arch: str = "wan"
 
     def __post_init__(self):
         # Lists from JSON or ml_collections become tuples so the config stays hashable
@@ -107,6 +110,10 @@ class VAEConfig:
         need("dtype", self.dtype in DTYPES, f"one of {DTYPES}")
         need("param_dtype", self.param_dtype in DTYPES, f"one of {DTYPES}")
         need("conv_impl", self.conv_impl in CONV_IMPLS, f"one of {CONV_IMPLS}")
+        need("arch", self.arch in ARCHS, f"one of {ARCHS}")
+        if self.arch == "patch":
+            need("dim_mult", set(self.dim_mult) | set(self.dec_dim_mult) == {1},
+                 "all ones for arch 'patch' (its length sets the patch size)")
 
     # Derived geometry ---------------------------------------------------------------------
 
@@ -170,7 +177,7 @@ class VAEConfig:
         known = {"base_dim", "decoder_base_dim", "z_dim", "dim_mult", "num_res_blocks", "attn_scales",
                  "temperal_downsample", "dropout", "latents_mean", "latents_std", "is_residual",
                  "in_channels", "out_channels", "patch_size", "scale_factor_temporal",
-                 "scale_factor_spatial", "clip_output", "decoder_dim_mult", "decoder_num_res_blocks"}
+                 "scale_factor_spatial", "clip_output", "decoder_dim_mult", "decoder_num_res_blocks", "arch"}
         ignored = sorted(k for k in config if k not in known and not k.startswith("_"))
         if ignored:
             logging.warning("AutoencoderKLWan config: ignoring unknown fields %s", ignored)
@@ -199,14 +206,16 @@ class VAEConfig:
             num_res_blocks=get("num_res_blocks"),
             temporal_downsample=tuple(bool(t) for t in get("temperal_downsample")),
             decoder_base_dim=get("decoder_base_dim"), decoder_dim_mult=get("decoder_dim_mult"),
-            decoder_num_res_blocks=get("decoder_num_res_blocks"),
+            decoder_num_res_blocks=get("decoder_num_res_blocks"), arch=config.get("arch", "wan"),
             **stats)
         fields.update(overrides)
         return cls(**fields)
 
     def to_diffusers(self) -> dict[str, Any]:
-        """A ``config.json`` dict; the decoder-only extensions are written only when used."""
-        out = {"_class_name": "AutoencoderKLWan", "base_dim": self.base_dim, "z_dim": self.z_dim,
+        """A ``config.json`` dict; the decoder-only extensions are written only when used. The
+        patch arch is written in the same form under its own class name (no diffusers class
+        loads it)."""
+        out = {"_class_name": "AutoencoderKLWan" if self.arch == "wan" else PATCH_CLASS_NAME, "base_dim": self.base_dim, "z_dim": self.z_dim,
                "dim_mult": list(self.dim_mult), "num_res_blocks": self.num_res_blocks,
                "attn_scales": [], "temperal_downsample": list(self.temporal_downsample),
                "dropout": 0.0, "latents_mean": list(self.mean), "latents_std": list(self.std),
@@ -218,6 +227,8 @@ class VAEConfig:
             out["decoder_dim_mult"] = list(self.decoder_dim_mult)
         if self.decoder_num_res_blocks is not None:
             out["decoder_num_res_blocks"] = self.decoder_num_res_blocks
+        if self.arch != "wan":
+            out["arch"] = self.arch
         return out
 
 
@@ -248,13 +259,17 @@ PRESETS: dict[str, VAEConfig] = {
     # 8x spatial and 4x temporal like Wan, at a width a 2-core CPU trains in minutes.
     "tiny": VAEConfig(base_dim=8, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1,
                       temporal_downsample=(False, True, True)),
+    # The tiny world's VAE (64x64 video): 4x4-pixel, 4-frame patches refined at latent
+    # resolution (see aapt_jax/model/vae_patch.py for why not Wan's conv stack at this size).
+    "world": VAEConfig(arch="patch", base_dim=96, z_dim=16, dim_mult=(1, 1, 1), num_res_blocks=2,
+                       temporal_downsample=(True, True)),
     "wan2.1": _WAN21,
     "wan2.1-light-decoder": light_decoder(_WAN21),
 }
 
 
 def get_vae_config(name: str, **overrides) -> VAEConfig:
-    """A named preset (``tiny``, ``wan2.1``, ``wan2.1-light-decoder``), fields overridable."""
+    """A named preset (``tiny``, ``world``, ``wan2.1``, ``wan2.1-light-decoder``), fields overridable."""
     if name not in PRESETS:
         raise ValueError(f"vae preset: expected one of {sorted(PRESETS)}, got {name!r}")
     return dataclasses.replace(PRESETS[name], **overrides)
