@@ -18,8 +18,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from absl import logging
+
 from aapt_jax.configs import Named
 from aapt_jax.eval import world_figures as wf
+from aapt_jax.io import builtin
 from aapt_jax.io.vae_source import load_vae
 
 VAE = "builtin:tiny_world/vae"
@@ -34,6 +37,10 @@ def run(named: Named, quick: bool = False) -> Iterator[dict]:
     vae = load_vae(config.vae.preset, VAE)
     yield wf.summarize("vae_psnr_heldout_db", wf.vae_heldout_psnr(config, vae, paths=paths, seconds=2.0),
                        seconds=2.0, **common)
+    if GENERATOR not in builtin.shipped():
+        logging.warning("world suite: %s is not shipped (python -m launch.pretrain makes it); "
+                        "no generator figures", GENERATOR)
+        return
     held = wf.generator_heldout(config, vae, GENERATOR, paths=paths, seconds=seconds)
     context = dict(common, seconds=list(seconds), stage=held["stage"])
     yield wf.summarize("generator_psnr_s1_5_db", held["generator"], **context)

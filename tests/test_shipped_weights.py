@@ -1,0 +1,56 @@
+"""The built-in tiny-world weights: present, small, loadable by name, and they reproduce the
+held-out figures recorded when ``launch.pretrain`` made them."""
+
+import os
+
+import pytest
+
+from aapt_jax.eval import shipped
+from aapt_jax.io import builtin
+from aapt_jax.io.generator_source import generator_info
+from aapt_jax.io.vae_source import load_vae
+from configs import tiny_world
+
+WORLD = "tiny_world"
+BUDGET_BYTES = 25 * 2**20
+VAE_BAR_DB = 24.0  # held-out reconstruction PSNR a shipped VAE must keep
+
+
+def _pieces():
+    return builtin.figures(WORLD).get("pieces", {})
+
+
+def test_the_shipped_weights_are_there_and_small():
+    pieces = _pieces()
+    assert "vae" in pieces and set(pieces) <= set(shipped.PIECES), pieces
+    assert "launch.pretrain" in builtin.figures(WORLD)["command"]
+    assert {f"builtin:{WORLD}/{p}" for p in pieces} == set(builtin.shipped())
+    root = builtin.path(WORLD)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
+    assert 0 < size <= BUDGET_BYTES
+    for piece, stage in (("base", "base"), ("aapt", "adversarial")):
+        if piece in pieces:
+            assert generator_info(f"builtin:{WORLD}/{piece}")["stage"] == stage
+
+
+def test_the_default_config_starts_from_the_shipped_vae():
+    config = tiny_world.get_config("base")
+    assert config.pretrained.vae == f"builtin:{WORLD}/vae"
+    vcfg, _, _ = load_vae(config.vae.preset, config.pretrained.vae)
+    assert (vcfg.arch, vcfg.spatial_ratio, vcfg.temporal_ratio) == ("patch", config.video.vae_spatial, 4)
+
+
+def test_builtin_names_are_checked():
+    with pytest.raises(ValueError, match=r"vae.checkpoint: expected one of the shipped weights .*got 'builtin:nope/vae'"):
+        load_vae("world", "builtin:nope/vae")
+    with pytest.raises(ValueError, match=r"generator: expected one of the shipped weights"):
+        generator_info("builtin:tiny_world/../tiny_world", "generator")
+
+
+@pytest.mark.slow
+def test_shipped_weights_reproduce_their_recorded_figures():
+    figures = shipped.check(tiny_world.get_config("adversarial"), WORLD)
+    assert set(figures) == set(_pieces())
+    for piece, (recorded, measured) in figures.items():
+        assert abs(recorded - measured) <= 0.5, (piece, recorded, measured)
+    assert figures["vae"][1] >= VAE_BAR_DB, figures["vae"]
