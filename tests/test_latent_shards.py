@@ -28,6 +28,7 @@ GEOMETRY = dict(height=32, width=32, latent_frames=2)
 
 
 PRESET = tiny_world.get_config("adapt").vae.preset
+CELL = tiny_world.get_config("adapt").video.vae_spatial
 
 
 def _config(**data):
@@ -77,7 +78,7 @@ def _equal(a, b):
 def test_shards_hold_the_vae_latents_and_exact_controls(encoded):
     shards, items, expected = encoded
     meta = json.load(open(os.path.join(shards, L.META_FILE)))
-    assert meta["count"] == COUNT and len(meta["shards"]) == 2 and meta["latent_shape"] == [3, 4, 4, 16]
+    assert meta["count"] == COUNT and len(meta["shards"]) == 2 and meta["latent_shape"] == [3, 32 // CELL, 32 // CELL, 16]
     assert meta["vae"]["preset"] == PRESET and meta["vae"]["checkpoint"] == ""
     assert meta["vae"]["latents_std"] == [1.0] * 16 and meta["source"]["source"] == "world"
     assert sorted(os.listdir(shards)) == sorted(meta["shards"] + [L.META_FILE])
@@ -86,7 +87,7 @@ def test_shards_hold_the_vae_latents_and_exact_controls(encoded):
                            shuffle=False, num_epochs=1)
     got = list(loader)
     assert len(got) == 3 and set(got[0]) == {"latents", "text", "intrinsics", "c2w"}
-    assert got[0]["latents"].shape == (2, 3, 4, 4, 16) and got[0]["latents"].dtype == np.float32
+    assert got[0]["latents"].shape == (2, 3, 32 // CELL, 32 // CELL, 16) and got[0]["latents"].dtype == np.float32
     for key in ("intrinsics", "c2w", "text"):
         np.testing.assert_array_equal(np.concatenate([b[key] for b in got]), np.stack([it[key] for it in items]))
     latents = np.concatenate([b["latents"] for b in got])
