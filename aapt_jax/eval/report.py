@@ -18,6 +18,7 @@ from aapt_jax.data.geometry import check_data_geometry
 from aapt_jax.eval.drift import METRICS, drift_report
 from aapt_jax.eval.rollout import (WORLDS, DriftRollout, check_generator_export, eval_path, eval_text,
                                    load_generator_export, sampler_of_stage, vae_reconstruction)
+from aapt_jax.io import builtin
 from aapt_jax.io.vae_source import load_vae
 from aapt_jax.io.video import write_mp4
 
@@ -78,7 +79,7 @@ def check_args(config: ConfigDict, vae: str, models: str, seconds: str, paths: i
                          f"got {seed}")
     if not vae:
         raise ValueError("--vae: expected the workdir of a finished 'vae' stage, got ''")
-    if not os.path.exists(vae):
+    if not os.path.exists(builtin.resolve(vae, "--vae")):
         raise ValueError(f"--vae: {vae} does not exist")
     checked = {}
     for name, workdir in parse_models(models).items():
