@@ -72,6 +72,7 @@ def get_config(stage: str = "base") -> ConfigDict:
     c.train = train_fields(**{"stage": stage, **phase})
     # What AAPT post-trains, shipped inside the package and made by ``python -m launch.pretrain``
     # (aapt_jax/weights/tiny_world): the pipeline starts from these instead of training them
-    # (``launch.pipeline --from_scratch`` trains them too, with the recipes above).
-    c.pretrained = ConfigDict(dict(vae="builtin:tiny_world/vae"))
+    # (``launch.pipeline --from_scratch`` trains them too, with the recipes above). An empty
+    # source is trained: no base model is shipped yet.
+    c.pretrained = ConfigDict(dict(vae="builtin:tiny_world/vae", base=""))
     return c
