@@ -24,6 +24,9 @@ from aapt_jax.io.vae_source import load_vae
 
 # Shipped piece -> (the pipeline stage it comes from, what the converter writes of it).
 PIECES = {"vae": ("vae", "vae"), "base": ("base", "generator"), "aapt": ("adversarial", "generator")}
+# Shipped weights are split into files of at most 4 MiB: the repository holds them, and no
+# single blob in it should be large.
+SHARD_BYTES = 4 << 20
 # The figures each piece records (few paths, so the tests can measure them again in seconds).
 CHECK = {"vae": {"paths": 2, "seconds": 2.0}, "base": {"paths": 2, "latent_frames": 6},
          "aapt": {"paths": 2, "seconds": [1.0, 2.0]}}
@@ -81,7 +84,7 @@ def ship(workdir: str, config, *, world: str = "tiny_world", pieces=tuple(PIECES
             log(f"[ship] {piece}: converting {os.path.join(workdir, stage)}")
             scratch = os.path.join(staging, f".{piece}")
             convert(os.path.join(workdir, stage), scratch, dtype="float32", what=(what,),
-                    vae=os.path.join(workdir, "vae"))
+                    vae=os.path.join(workdir, "vae"), max_shard_bytes=SHARD_BYTES)
             # The VAE piece is the converter's diffusers VAE folder; a generator piece is the
             # converter's folder itself (aapt.json + transformer/).
             os.rename(os.path.join(scratch, "vae") if piece == "vae" else scratch, os.path.join(staging, piece))

@@ -3,7 +3,7 @@
     OUT/
       aapt.json        everything a PyTorch user needs to stream (see :func:`aapt_json`)
       transformer/     WanTransformer3DModel: config.json, sharded *.safetensors + index
-      vae/             AutoencoderKLWan: config.json + diffusion_pytorch_model.safetensors
+      vae/             AutoencoderKLWan: config.json, sharded *.safetensors + index
       discriminator/   backbone/ (a WanTransformer3DModel), heads.safetensors, discriminator.json
 
 Tensors are read from the checkpoint one at a time, converted (the same key table as the
@@ -109,8 +109,9 @@ def _vae_plan(vae: str):
     return "orbax", get_vae_config(src.info["vae_preset"], **stats), src
 
 
-def write_vae(directory: str, plan) -> None:
-    """An ``AutoencoderKLWan`` folder (fp32: the decoder's precision sets the pixels)."""
+def write_vae(directory: str, plan, max_shard_bytes: int) -> None:
+    """An ``AutoencoderKLWan`` folder (fp32: the decoder's precision sets the pixels), sharded
+    as the transformer's."""
     from aapt_jax.io.vae_import import key_table
 
     kind, config, src = plan
@@ -129,9 +130,8 @@ def write_vae(directory: str, plan) -> None:
         return np.asarray(hook.to_torch(src.tensors.read(src.prefix(path)).astype(np.float32), torch_shape),
                           np.float32)
 
-    write_file(os.path.join(directory, "diffusion_pytorch_model.safetensors"),
-               [(key, torch_shape, "float32") for key, (_, torch_shape, _) in rows.items()], fetch,
-               metadata={"format": "pt"})
+    write_sharded(directory, [(key, torch_shape, "float32") for key, (_, torch_shape, _) in rows.items()], fetch,
+                  max_shard_bytes)
     _write_json(os.path.join(directory, "config.json"), config.to_diffusers())
 
 
@@ -279,7 +279,7 @@ def convert(checkpoint: str, out: str, *, dtype: str = "bfloat16", what=("genera
             _write_json(os.path.join(tmp, "aapt.json"),
                         aapt_json(cfg, source.info, None if vae_plan is None else vae_plan[1], dtype, source.path))
         if "vae" in pieces:
-            write_vae(os.path.join(tmp, "vae"), vae_plan)
+            write_vae(os.path.join(tmp, "vae"), vae_plan, max_shard_bytes)
         if "discriminator" in pieces:
             write_discriminator(os.path.join(tmp, "discriminator"), cfg, source, dtype, max_shard_bytes)
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; outputs are for people to open
