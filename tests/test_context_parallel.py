@@ -7,13 +7,8 @@ latents are 16 tokens per frame, which context=4 divides; 6x6 latents (9 tokens)
 model carry 12 token slots per frame, 3 of them padding.
 """
 
-import json
-import os
-import subprocess
-import sys
-import time
-
 import pytest
+from virtual_devices import run_on_devices
 
 SCRIPT = r"""
 import json, re, time
@@ -133,16 +128,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def results():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    start = time.time()
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True,
-                          timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
-    r["wall_seconds"] = time.time() - start
-    r["stderr"] = proc.stderr
-    return r
+    return run_on_devices(SCRIPT, timeout=1200)["result"]
 
 
 @pytest.mark.parametrize("case", ["stream_data2_ctx4", "stream_ctx4_pad"])

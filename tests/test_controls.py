@@ -61,25 +61,23 @@ def test_none_kind_has_no_maps():
         controls.control_maps(ControlConfig(), VIDEO_HW, **camera_inputs())
 
 
-def test_camera_dispatch_matches_camera_control():
-    cfg = ControlConfig(kind="camera", fold=2, origin_scale=0.05, rotation_scale=0.02)
-    inputs = camera_inputs()
-    maps = jax.jit(functools.partial(controls.control_maps, cfg, VIDEO_HW))(**inputs)
-    assert maps.shape == (2, 2, 2, 3, controls.control_channels(cfg))
-    direct = jax.jit(functools.partial(camera.camera_control, video_hw=VIDEO_HW, fold=2,
-                                       origin_scale=0.05, rotation_scale=0.02))(**inputs)
-    np.testing.assert_allclose(maps, direct, atol=1e-5)
-    assert not np.asarray(controls.control_outlier_mask(cfg, maps)).any()
+# Each kind's config next to the direct call it must dispatch to (same scales), and the tolerance.
+DISPATCH = {
+    "camera": (ControlConfig(kind="camera", fold=2, origin_scale=0.05, rotation_scale=0.02), camera_inputs,
+               functools.partial(camera.camera_control, video_hw=VIDEO_HW, fold=2, origin_scale=0.05,
+                                 rotation_scale=0.02), 1e-5),
+    "pose": (ControlConfig(kind="pose", fold=1, num_joints=13, pose_sigma=0.7), pose_inputs,
+             functools.partial(pose.pose_control, video_hw=VIDEO_HW, fold=1, sigma=0.7), 1e-6),
+}
 
 
-def test_pose_dispatch_matches_pose_control():
-    cfg = ControlConfig(kind="pose", fold=1, num_joints=13, pose_sigma=0.7)
-    inputs = pose_inputs()
+@pytest.mark.parametrize("kind", sorted(DISPATCH))
+def test_dispatch_matches_the_kinds_own_control(kind):
+    cfg, make_inputs, direct_control, atol = DISPATCH[kind]
+    inputs = make_inputs()
     maps = jax.jit(functools.partial(controls.control_maps, cfg, VIDEO_HW))(**inputs)
     assert maps.shape == (2, 2, 2, 3, controls.control_channels(cfg))
-    direct = jax.jit(functools.partial(pose.pose_control, video_hw=VIDEO_HW, fold=1,
-                                       sigma=0.7))(**inputs)
-    np.testing.assert_allclose(maps, direct, atol=1e-6)
+    np.testing.assert_allclose(maps, jax.jit(direct_control)(**inputs), atol=atol)
     np.testing.assert_array_equal(controls.control_outlier_mask(cfg, maps), [False, False])
 
 

@@ -9,12 +9,8 @@ into the shardings of ``fsdp=2, context=4``. Each result is compared with the on
 load and its shard shapes are printed.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+from virtual_devices import run_on_devices
 
 SCRIPT = r"""
 import json, os, sys, tempfile
@@ -119,13 +115,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def results():
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_on_devices(SCRIPT, timeout=900, xla_flags="--xla_backend_optimization_level=0")["result"]
 
 
 # blocks[0].ffn.proj_in.kernel is [embed 64, mlp 128]: ZeRO-3 over fsdp=8 puts 8 rows on each device

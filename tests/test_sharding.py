@@ -1,11 +1,7 @@
 """init/step on a mesh of 8 virtual CPU devices give the frames of one device; a dimension
 that its mesh axes do not divide is logged by name or, strictly, an error."""
 
-import json
 import logging
-import os
-import subprocess
-import sys
 
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
@@ -14,6 +10,7 @@ from aapt_jax.model.config import DiTConfig
 from aapt_jax.model.dit import abstract_model
 from aapt_jax.parallel import sharding as shd
 from aapt_jax.parallel.mesh import MESH_AXES, make_mesh
+from virtual_devices import run_on_devices
 
 SCRIPT = r"""
 import json
@@ -64,15 +61,11 @@ print(json.dumps(dict(
 
 
 def test_eight_device_mesh_matches_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = run_on_devices(SCRIPT, timeout=600)
     # every param and activation of this config divides the mesh: no axis was dropped (a
     # dropped one is logged as "sharding: ... does not divide ...")
-    assert "does not divide" not in proc.stderr, proc.stderr[-4000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "does not divide" not in run["stderr"], run["stderr"][-4000:]
+    r = run["result"]
     assert r["max_abs_diff"] <= 1e-5 * max(1.0, r["scale"]), r
     # parameters are FSDP-sharded over the 4-way `fsdp` axis (embed dim 48 -> 12 per device)
     assert "fsdp" in r["kernel_spec"] and r["kernel_shard_shape"][0] == 12, r

@@ -26,13 +26,8 @@ The XLA CPU backend compiles at -O0 here (``--xla_backend_optimization_level=0``
 programs run for milliseconds, and compiling them optimised would cost three times longer.
 """
 
-import json
-import os
-import subprocess
-import sys
-import time
-
 import pytest
+from virtual_devices import run_on_devices, FAST_COMPILE
 
 SCRIPT = r"""
 import json, sys, time
@@ -117,16 +112,8 @@ MESHES = ("data2_fsdp4", "fsdp2_ctx4")
 
 @pytest.fixture(scope="module")
 def results():
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
-                         "--xla_llvm_disable_expensive_passes=true")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    start = time.time()
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True,
-                          timeout=1500)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
-    return dict(cases=r, stderr=proc.stderr, wall_seconds=time.time() - start)
+    run = run_on_devices(SCRIPT, timeout=1500, xla_flags=FAST_COMPILE)
+    return dict(cases=run["result"], stderr=run["stderr"], wall_seconds=run["wall_seconds"])
 
 
 @pytest.mark.parametrize("mesh", MESHES)

@@ -4,13 +4,8 @@ One subprocess (8 devices need XLA_FLAGS before jax starts) runs every case once
 one JSON line; the tests below check its parts.
 """
 
-import json
-import os
-import subprocess
-import sys
-import time
-
 import pytest
+from virtual_devices import run_on_devices
 
 SCRIPT = r"""
 import json, re, time
@@ -168,15 +163,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def results():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    start = time.time()
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
-    r["wall_seconds"] = time.time() - start
-    return r
+    return run_on_devices(SCRIPT, timeout=900)["result"]
 
 
 @pytest.mark.parametrize("case", ["parallel_ctx4", "parallel_ctx8_pad", "parallel_ctx4_pallas"])

@@ -302,22 +302,8 @@ def make_loader(source, batch_size: int, seed: int, shuffle: bool = True,
       returns a small dict to save and ``set_state(state)`` on a fresh loader built with
       the same arguments resumes with the very next batch.
     """
-    for name, value, low in (("batch_size", batch_size, 1), ("worker_count", worker_count, 0),
-                             ("shard_count", shard_count, 1), ("read_threads", read_threads, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"make_loader {name}: expected an int >= {low}, got {value!r}")
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"make_loader shard_index: expected 0 <= shard_index < {shard_count}, "
-                         f"got {shard_index!r}")
-    if num_epochs is not None and (not isinstance(num_epochs, int) or num_epochs < 1):
-        raise ValueError(f"make_loader num_epochs: expected None or an int >= 1, got {num_epochs!r}")
-    if worker_count > 0 and not flags.FLAGS.is_parsed():
-        raise ValueError("make_loader worker_count: grain's worker processes read absl flags; "
-                         "parse them first (absl.app.run, or flags.FLAGS(argv))")
-    if len(source) < shard_count * batch_size:
-        raise ValueError(f"make_loader batch_size: a shard of {len(source)} items over "
-                         f"{shard_count} hosts cannot fill a batch of {batch_size}")
-
+    _check_loader_args(len(source), batch_size, num_epochs, worker_count, shard_index, shard_count,
+                       read_threads)
     ds = grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=seed)
@@ -336,6 +322,25 @@ def make_loader(source, batch_size: int, seed: int, shuffle: bool = True,
         # plain copies keep their lifetime the caller's business.
         it = it.map(_plain_arrays)
     return iter(it)
+
+
+def _check_loader_args(n_items, batch_size, num_epochs, worker_count, shard_index, shard_count, read_threads):
+    """One-line errors for :func:`make_loader`'s arguments, before grain builds anything."""
+    for name, value, low in (("batch_size", batch_size, 1), ("worker_count", worker_count, 0),
+                             ("shard_count", shard_count, 1), ("read_threads", read_threads, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"make_loader {name}: expected an int >= {low}, got {value!r}")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"make_loader shard_index: expected 0 <= shard_index < {shard_count}, "
+                         f"got {shard_index!r}")
+    if num_epochs is not None and (not isinstance(num_epochs, int) or num_epochs < 1):
+        raise ValueError(f"make_loader num_epochs: expected None or an int >= 1, got {num_epochs!r}")
+    if worker_count > 0 and not flags.FLAGS.is_parsed():
+        raise ValueError("make_loader worker_count: grain's worker processes read absl flags; "
+                         "parse them first (absl.app.run, or flags.FLAGS(argv))")
+    if n_items < shard_count * batch_size:
+        raise ValueError(f"make_loader batch_size: a shard of {n_items} items over "
+                         f"{shard_count} hosts cannot fill a batch of {batch_size}")
 
 
 def _plain_arrays(batch: dict) -> dict:

@@ -42,17 +42,22 @@ from aapt_jax.parallel.sharding import constrain
 _rope_frames = jax.vmap(apply_rope, in_axes=(1, 0), out_axes=1)
 
 
-class SelfAttention(nnx.Module):
-    def __init__(self, cfg: DiTConfig, rngs, dtype, pdtype):
-        d, inner = cfg.dim, cfg.dim
-        self.num_heads = cfg.num_heads
-        self.to_q = dense(d, inner, ("embed", "qkv"), rngs, dtype=dtype, param_dtype=pdtype)
-        self.to_k = dense(d, inner, ("embed", "qkv"), rngs, dtype=dtype, param_dtype=pdtype)
-        self.to_v = dense(d, inner, ("embed", "qkv"), rngs, dtype=dtype, param_dtype=pdtype)
-        self.to_out = dense(inner, d, ("qkv", "embed"), rngs, dtype=dtype, param_dtype=pdtype)
-        self.norm_q = RMSNorm(inner, cfg.eps, "qkv")
-        self.norm_k = RMSNorm(inner, cfg.eps, "qkv")
+class _Projections(nnx.Module):
+    """Wan's attention weights under diffusers' names: q/k/v/out projections ``dim -> dim`` and
+    RMS norms over the whole of q and k (before the split into heads)."""
 
+    def __init__(self, cfg: DiTConfig, rngs, dtype, pdtype):
+        d = cfg.dim
+        self.num_heads = cfg.num_heads
+        self.to_q = dense(d, d, ("embed", "qkv"), rngs, dtype=dtype, param_dtype=pdtype)
+        self.to_k = dense(d, d, ("embed", "qkv"), rngs, dtype=dtype, param_dtype=pdtype)
+        self.to_v = dense(d, d, ("embed", "qkv"), rngs, dtype=dtype, param_dtype=pdtype)
+        self.to_out = dense(d, d, ("qkv", "embed"), rngs, dtype=dtype, param_dtype=pdtype)
+        self.norm_q = RMSNorm(d, cfg.eps, "qkv")
+        self.norm_k = RMSNorm(d, cfg.eps, "qkv")
+
+
+class SelfAttention(_Projections):
     def qkv(self, x, angles):
         """x ``[B, T, P, dim]`` -> rotated q, k and v, each ``[B, T, P, H, Dh]``
         (angles ``[T, P, Dh/2]``; no reshape across the token axis, which may be split)."""
@@ -66,17 +71,11 @@ class SelfAttention(nnx.Module):
         return self.to_out(o.reshape(*o.shape[:-2], -1))
 
 
-class CrossAttention(nnx.Module):
+class CrossAttention(_Projections):
     def __init__(self, cfg: DiTConfig, rngs, dtype, pdtype):
-        d = cfg.dim
-        self.num_heads = cfg.num_heads
+        super().__init__(cfg, rngs, dtype, pdtype)
+        # The Pallas kernels are the video's windowed self-attention; the text runs on XLA or cuDNN.
         self.impl = cfg.attention_impl if cfg.attention_impl in ("xla", "cudnn") else "xla"
-        self.to_q = dense(d, d, ("embed", "qkv"), rngs, dtype=dtype, param_dtype=pdtype)
-        self.to_k = dense(d, d, ("embed", "qkv"), rngs, dtype=dtype, param_dtype=pdtype)
-        self.to_v = dense(d, d, ("embed", "qkv"), rngs, dtype=dtype, param_dtype=pdtype)
-        self.to_out = dense(d, d, ("qkv", "embed"), rngs, dtype=dtype, param_dtype=pdtype)
-        self.norm_q = RMSNorm(d, cfg.eps, "qkv")
-        self.norm_k = RMSNorm(d, cfg.eps, "qkv")
 
     def text_kv(self, text):
         """Projected text keys/values ``[B, Lt, H, Dh]``; computed once per video when streaming."""
