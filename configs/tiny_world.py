@@ -25,14 +25,19 @@ STAGE_DEFAULTS = {
     # decay. ~40 minutes on the 2-core CPU.
     "vae": dict(steps=1000, lr=2e-3, optimizer="adamw", weight_decay=0.0, batch_size=8, latent_frames=6,
                 lr_schedule="cosine", vae_posterior="mean"),
-    "base": dict(steps=300, lr=1e-3, optimizer="adamw", weight_decay=0.01, shift=3.0),
-    "adapt": dict(steps=300, lr=5e-4, optimizer="adamw", weight_decay=0.01),
-    "distill": dict(steps=200, lr=2e-4, optimizer="adamw", weight_decay=0.01),
+    # The shipped base model's recipe (stage 0, ``python -m launch.pretrain``): the bidirectional
+    # flow-matching DiT on clips of 1 + 6 latent frames, cosine decay.
+    "base": dict(steps=4000, lr=1e-3, optimizer="adamw", weight_decay=0.01, shift=3.0, batch_size=8,
+                 lr_schedule="cosine", warmup_steps=100),
+    # Stages 1-2 train at the base model's noise shift (3, for 16x16 latents; the paper's 24
+    # is for 736x416 video): the base learned that distribution of noise levels.
+    "adapt": dict(steps=1500, lr=5e-4, optimizer="adamw", weight_decay=0.01, shift=3.0, lr_schedule="cosine"),
+    "distill": dict(steps=400, lr=2e-4, optimizer="adamw", weight_decay=0.01, shift=3.0),
     # Stage 3: RMSProp (alpha 0.9) as in the paper, no gradient clipping (the paper states
     # none, and RMSProp's per-weight normalisation already bounds the step); 8 generated
     # frames per segment. The discriminator gets twice the generator's rate: at equal rates
     # the generator's logits overtook the real ones within 20 updates on this world.
-    "adversarial": dict(steps=200, lr=5e-5, disc_lr=1e-4, optimizer="rmsprop", weight_decay=0.0, grad_clip=0.0,
+    "adversarial": dict(steps=300, lr=5e-5, disc_lr=1e-4, optimizer="rmsprop", weight_decay=0.0, grad_clip=0.0,
                         latent_frames=8),
     # Long-video training (paper 2.2): 3 extension segments overlapping by 2 frames,
     # 1 + 8 + 3 x 6 = 27 latent frames against the window of 4; continues from 'adversarial'.
@@ -72,7 +77,6 @@ def get_config(stage: str = "base") -> ConfigDict:
     c.train = train_fields(**{"stage": stage, **phase})
     # What AAPT post-trains, shipped inside the package and made by ``python -m launch.pretrain``
     # (aapt_jax/weights/tiny_world): the pipeline starts from these instead of training them
-    # (``launch.pipeline --from_scratch`` trains them too, with the recipes above). An empty
-    # source is trained: no base model is shipped yet.
-    c.pretrained = ConfigDict(dict(vae="builtin:tiny_world/vae", base=""))
+    # (``launch.pipeline --from_scratch`` trains them too, with the recipes above).
+    c.pretrained = ConfigDict(dict(vae="builtin:tiny_world/vae", base="builtin:tiny_world/base"))
     return c

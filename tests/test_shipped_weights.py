@@ -34,9 +34,11 @@ def test_the_shipped_weights_are_there_and_small():
             assert generator_info(f"builtin:{WORLD}/{piece}")["stage"] == stage
 
 
-def test_the_default_config_starts_from_the_shipped_vae():
+def test_the_default_config_starts_from_the_shipped_vae_and_base():
     config = tiny_world.get_config("base")
     assert config.pretrained.vae == f"builtin:{WORLD}/vae"
+    assert config.pretrained.base == f"builtin:{WORLD}/base"
+    assert generator_info(config.pretrained.base)["model"]["causal"] is False
     vcfg, _, _ = load_vae(config.vae.preset, config.pretrained.vae)
     assert (vcfg.arch, vcfg.spatial_ratio, vcfg.temporal_ratio) == ("patch", config.video.vae_spatial, 4)
 
@@ -55,3 +57,20 @@ def test_shipped_weights_reproduce_their_recorded_figures():
     for piece, (recorded, measured) in figures.items():
         assert abs(recorded - measured) <= 0.5, (piece, recorded, measured)
     assert figures["vae"][1] >= VAE_BAR_DB, figures["vae"]
+
+
+def test_sampling_defaults_to_the_worlds_shipped_pieces(tmp_path, monkeypatch):
+    # launch.sample and launch.serve: what the config's world ships, unless told otherwise.
+    config = tiny_world.get_config("adversarial")
+    monkeypatch.setattr(builtin, "WEIGHTS_DIR", str(tmp_path))
+    assert builtin.sources(config) == ("", "")
+    (tmp_path / WORLD / "vae").mkdir(parents=True)
+    assert builtin.sources(config) == ("", f"builtin:{WORLD}/vae")
+    (tmp_path / WORLD / "aapt").mkdir()
+    assert builtin.sources(config) == (f"builtin:{WORLD}/aapt", f"builtin:{WORLD}/vae")
+    assert builtin.sources(config, "", "") == ("", "")  # '' asks for random weights
+    assert builtin.sources(config, "runs/adv", "runs/vae") == ("runs/adv", "runs/vae")
+    config.vae.checkpoint = "runs/vae2"
+    assert builtin.sources(config)[1] == "runs/vae2"
+    config.name = "tiny"
+    assert builtin.sources(config)[0] == ""
