@@ -1,6 +1,6 @@
 """Explore a world in the browser: stream an AAPT generator live, steered by keys and mouse.
 
-    python -m launch.serve                       # http://127.0.0.1:8080/, tiny world
+    python -m launch.serve                       # http://127.0.0.1:8080/, the tiny world's shipped generator
     python -m launch.serve --checkpoint=runs/adv --vae=runs/vae --capacity=4
     python -m launch.serve --host=0.0.0.0        # prints a URL with the required token
 
@@ -15,17 +15,17 @@ import socket
 from absl import flags, logging
 
 from aapt_jax import cli
+from aapt_jax.io import builtin
 from aapt_jax.serve.app import ServerOptions, is_loopback, run
 from aapt_jax.serve.engine import Engine
 
-# The shipped tiny-world AAPT generator and VAE become the defaults here once they exist.
-DEFAULT_CHECKPOINT, DEFAULT_VAE = "", ""
-
 _CONFIG = cli.define_config("configs/tiny_world.py", "Experiment config file.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", DEFAULT_CHECKPOINT, "A finished stage's workdir or a diffusers "
-                                  "transformer directory; '' = randomly initialised generator.")
-_VAE = flags.DEFINE_string("vae", DEFAULT_VAE, "A finished 'vae' stage's workdir or a diffusers VAE directory; "
-                           "'' = config.vae.checkpoint, else a randomly initialised VAE.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A finished stage's workdir, a diffusers transformer directory "
+                                  "or builtin:WORLD/aapt; default: the config's shipped generator, if any; "
+                                  "'' = randomly initialised generator.")
+_VAE = flags.DEFINE_string("vae", None, "A finished 'vae' stage's workdir, a diffusers VAE directory or "
+                           "builtin:WORLD/vae; default: config.vae.checkpoint, else the config's shipped VAE, "
+                           "if any; '' = randomly initialised VAE.")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind; anything but loopback requires a token.")
 _PORT = flags.DEFINE_integer("port", 8080, "Port (0: any free port, printed in the log).")
 _CAPACITY = flags.DEFINE_integer("capacity", 2, "Concurrent streams (one per client).")
@@ -45,7 +45,7 @@ def main(argv):
     except socket.gaierror as err:
         raise ValueError(f"--host: expected an address of this machine, got {options.host!r} ({err})") from None
     config = _CONFIG.value
-    engine = Engine(config, _CHECKPOINT.value, _VAE.value or config.vae.checkpoint, seed=_SEED.value)
+    engine = Engine(config, *builtin.sources(config, _CHECKPOINT.value, _VAE.value), seed=_SEED.value)
     if engine.random_generator:
         logging.warning("no --checkpoint: the generator is RANDOMLY INITIALISED (untrained; the video is noise)")
     if engine.random_vae:

@@ -21,6 +21,7 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp")
 
 from aapt_jax import bench  # noqa: E402
+from aapt_jax.io import builtin  # noqa: E402
 from aapt_jax.io.video import probe_video  # noqa: E402
 from aapt_jax.serve import protocol  # noqa: E402
 from aapt_jax.serve.app import BackgroundServer, ServerOptions, is_loopback  # noqa: E402
@@ -386,7 +387,11 @@ def test_binary_serves_and_stops_cleanly_on_sigterm():
                 base = line.split("serving on ")[1].split()[0].rstrip("/")
         assert base, "".join(log)
         text = "".join(log)
-        assert "RANDOMLY INITIALISED" in text and "compiled in" in text
+        # No flags: the tiny world's shipped VAE, and its shipped generator where there is one
+        # (builtin.sources; random weights, said loudly, where there is none).
+        generator, vae = builtin.sources(named_config("tiny_world"))
+        assert vae == "builtin:tiny_world/vae" and vae in text and "compiled in" in text
+        assert ("RANDOMLY INITIALISED" in text) == (generator == ""), text
 
         async def stream_then_signal():
             async with aiohttp.ClientSession() as http:
@@ -403,7 +408,7 @@ def test_binary_serves_and_stops_cleanly_on_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert hello["random_weights"] is True and hello["compile_s"] > 0
+    assert hello["random_weights"] is (generator == "") and hello["compile_s"] > 0
     assert close_code == 1001
     assert rc == 0, rest
     assert "stopped" in rest

@@ -261,6 +261,16 @@ def make_source(data_cfg) -> _ClipSource | CroppedSource | LatentSource:
     return CroppedSource(source, int(cfg["crop"]), cfg["seed"]) if cfg["crop"] else source
 
 
+def clip_text(config) -> np.ndarray:
+    """float32 ``[text_len, text_dim]``: the text the training clips of an experiment config
+    carry (zeros, unless its data section asks for the source's fixed random embedding); what
+    a trained generator is conditioned on when it streams."""
+    data = config.get("data")
+    if data is not None and data.get("text_embedding", "zeros") != "zeros":
+        return make_source(data)[0]["text"]
+    return np.zeros((config.model.text_len, config.model.text_dim), np.float32)
+
+
 def _rows_of_global_batches(ds, rows: int, index: int, count: int):
     """Item ``i`` of process ``index``'s stream: item ``(i // rows) * rows * count + index * rows
     + i % rows`` of the one-process stream ``ds`` (its rows of every global batch)."""

@@ -56,6 +56,22 @@ def resolve(source: str, field: str = "checkpoint") -> str:
     return folder
 
 
+def sources(config, generator: str | None = None, vae: str | None = None) -> tuple[str, str]:
+    """(generator, VAE) to load for streaming ``config``: each one given is kept as it is (''
+    means random weights); one left None is the config's own (``vae.checkpoint``), else the
+    piece its world (the config's ``name``) ships (``builtin:NAME/aapt``, ``builtin:NAME/vae``),
+    else ''. What ``launch.sample`` and ``launch.serve`` load when not told otherwise."""
+    def shipped_piece(piece):
+        name = f"{PREFIX}{config.get('name', '')}/{piece}"
+        return name if name in shipped() else ""
+
+    if generator is None:
+        generator = shipped_piece("aapt")
+    if vae is None:
+        vae = config.vae.get("checkpoint", "") or shipped_piece("vae")
+    return generator, vae
+
+
 def figures(world: str) -> dict:
     """The held-out figures recorded when ``world``'s weights were made ({} if none)."""
     where = os.path.join(WEIGHTS_DIR, world, FIGURES)

@@ -1,8 +1,11 @@
 """Stream a video from an AAPT generator into files: one forward pass per latent frame,
 each decoded at once by the causal VAE's streaming decoder (``python -m launch.sample``).
 
-The camera follows a scripted walk (:func:`aapt_jax.sample.camera_path.walk_path`); without
-checkpoints the weights are random (the video is noise, but every stage of the path runs).
+A world config (``configs/tiny_world.py``) starts from a rendered frame of a procedural world
+and follows that world's camera walk, with the world's shipped generator and VAE unless told
+otherwise; other configs start from a random latent and follow a scripted walk
+(:func:`aapt_jax.sample.camera_path.walk_path`). Without checkpoints the weights are random
+(the video is noise, but every stage of the path runs).
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from aapt_jax import configs
+from aapt_jax.data.sources import clip_text
+from aapt_jax.data.world import make_world, render_path
+from aapt_jax.data.world_camera import random_walk
+from aapt_jax.io import builtin
 from aapt_jax.io.files import atomic_save_npy
 from aapt_jax.io.generator_source import load_generator
 from aapt_jax.io.vae_source import load_vae
-from aapt_jax.io.video import unit_to_frames, write_mp4
+from aapt_jax.io.video import frames_to_unit, unit_to_frames, write_mp4
 from aapt_jax.model import vae as vae_lib
 from aapt_jax.model.controls import control_maps
 from aapt_jax.model.dit import abstract_model, create
@@ -45,9 +52,9 @@ def read_first_frame(path: str, shape: tuple) -> jax.Array:
     return jnp.asarray(first)
 
 
-def _weights(config: ConfigDict, cfg, checkpoint: str, seed: int):
-    """(graphdef, params, vae): the generator of ``checkpoint`` (random without one) and the
-    VAE of ``config.vae.checkpoint`` (random without one)."""
+def _weights(config: ConfigDict, cfg, checkpoint: str, vae_source: str, seed: int):
+    """(graphdef, params, vae): the generator of ``checkpoint`` and the VAE of ``vae_source``
+    (each random when '')."""
     if checkpoint:
         params, stage = load_generator(checkpoint, cfg, seed=seed, field="--checkpoint")
         graphdef, _ = abstract_model(cfg)
@@ -55,20 +62,47 @@ def _weights(config: ConfigDict, cfg, checkpoint: str, seed: int):
     else:
         graphdef, params = create(cfg, seed)
         log.warning("no --checkpoint: random generator weights")
-    vae = load_vae(config.vae.preset, config.vae.checkpoint, seed=seed, allow_random=True)
-    if not config.vae.checkpoint:
+    vae = load_vae(config.vae.preset, vae_source, seed=seed, allow_random=True)
+    if not vae_source:
         log.warning("no vae.checkpoint: decoding with a random VAE")
     return graphdef, params, vae
 
 
-def _inputs(config: ConfigDict, cfg, ctrl_cfg, first, random_text: bool):
-    """(first latent, text, controls of the scripted walk or None, per-step keys)."""
+def _world_start(config: ConfigDict, ctrl_cfg, vae):
+    """(first latent ``[B, 1, h, w, C]`` normalized, camera controls or None) of a walk in the
+    procedural world ``config.sample.seed``: its first frame rendered and encoded by the VAE,
+    then the walk's camera, as the training clips were made."""
+    vcfg, vae_graphdef, vae_params = vae
+    B, K, seed = config.sample.batch, config.sample.num_frames, config.sample.seed
+    hw = (config.video.height, config.video.width)
+    world = make_world(seed)
+    path = random_walk(world, 1 + config.video.vae_temporal * K, seed, hw)
+    rgb = render_path(world, path.intrinsics[:1], path.c2w[:1], hw)  # uint8 [1, H, W, 3]
+    encoder = vae_lib.encode_init(vcfg, 1, hw)
+    _, (mean, _) = vae_lib.encode_step(vae_graphdef, vae_params, encoder, frames_to_unit(rgb)[None])
+    first = jnp.repeat(vae_lib.normalize_latents(vcfg, mean), B, axis=0)
+    controls = None
+    if ctrl_cfg.kind == "camera":
+        controls = control_maps(ctrl_cfg, hw, intrinsics=np.repeat(path.intrinsics[None], B, 0),
+                                c2w=np.repeat(path.c2w[None], B, 0))
+    return first, controls
+
+
+def _inputs(config: ConfigDict, cfg, ctrl_cfg, first, trained: bool, vae):
+    """(first latent, text, controls or None, per-step keys). A world config without a given
+    first frame starts in a world and follows its walk; otherwise the first latent is
+    random (or given) and the camera follows the scripted walk."""
     K, B, seed = config.sample.num_frames, config.sample.batch, config.sample.seed
     k_first, k_text, k_steps = jax.random.split(jax.random.key(seed), 3)
+    # A trained generator gets the text its clips carried; a random one random text (so the
+    # text path runs on something).
+    text = (jnp.repeat(jnp.asarray(clip_text(config))[None], B, axis=0) if trained
+            else jax.random.normal(k_text, (B, cfg.text_len, cfg.text_dim)))
+    if first is None and (config.get("data") or {}).get("source") == "world":
+        first, controls = _world_start(config, ctrl_cfg, vae)
+        return first, text, controls, jax.random.split(k_steps, K)
     if first is None:
         first = jax.random.normal(k_first, (B, 1, cfg.latent_height, cfg.latent_width, cfg.latent_channels))
-    text = (jax.random.normal(k_text, (B, cfg.text_len, cfg.text_dim)) if random_text
-            else jnp.zeros((B, cfg.text_len, cfg.text_dim)))
     controls = None
     if ctrl_cfg.kind == "camera":
         hw = (config.video.height, config.video.width)
@@ -77,11 +111,12 @@ def _inputs(config: ConfigDict, cfg, ctrl_cfg, first, random_text: bool):
     return first, text, controls, jax.random.split(k_steps, K)
 
 
-def stream_video(config: ConfigDict, *, checkpoint: str = "", first_frame: str = "", out: str) -> dict:
+def stream_video(config: ConfigDict, *, checkpoint: str | None = None, first_frame: str = "", out: str) -> dict:
     """Stream ``config.sample.num_frames`` latent frames and write ``video.mp4``,
     ``latents.npy`` ``[B, 1 + K, h, w, C]`` and, with a camera config, ``controls.npy`` to
-    ``out``. Returns a summary with the median step time (steps after the first, which
-    compiles)."""
+    ``out``. ``checkpoint`` None: the config's shipped generator (``builtin:NAME/aapt``) if
+    there is one, else random weights as with ''. Returns a summary with the median step time
+    (steps after the first, which compiles)."""
     configs.check_common(config)
     configs.check_sample(config)
     cfg, ctrl_cfg = configs.model_config(config), configs.control_config(config)
@@ -90,8 +125,10 @@ def stream_video(config: ConfigDict, *, checkpoint: str = "", first_frame: str =
     B, K = config.sample.batch, config.sample.num_frames
     shape = (B, 1, cfg.latent_height, cfg.latent_width, cfg.latent_channels)
     first = read_first_frame(first_frame, shape) if first_frame else None  # before anything loads
-    graphdef, params, (vcfg, vae_graphdef, vae_params) = _weights(config, cfg, checkpoint, config.sample.seed)
-    first, text, controls, keys = _inputs(config, cfg, ctrl_cfg, first, random_text=not checkpoint)
+    checkpoint, vae_source = builtin.sources(config, checkpoint)
+    graphdef, params, vae = _weights(config, cfg, checkpoint, vae_source, config.sample.seed)
+    vcfg, vae_graphdef, vae_params = vae
+    first, text, controls, keys = _inputs(config, cfg, ctrl_cfg, first, bool(checkpoint), vae)
 
     sampler = StreamingSampler(cfg, graphdef, mesh=mesh_from_config(config.get("mesh")))
     state = sampler.init(params, first, text)
@@ -115,6 +152,6 @@ def stream_video(config: ConfigDict, *, checkpoint: str = "", first_frame: str =
         atomic_save_npy(os.path.join(out, "controls.npy"), np.asarray(controls))
     write_mp4(os.path.join(out, "video.mp4"), unit_to_frames(np.asarray(video[0])), fps=config.video.fps)
     steady = float(np.median(step_times[1:])) if K > 1 else step_times[0]
-    return dict(config=config.name, latent_frames=K, video_frames=int(video.shape[1]),
+    return dict(config=config.name, generator=checkpoint or "random init", latent_frames=K, video_frames=int(video.shape[1]),
                 latents_shape=list(latents.shape), first_step_s_with_compile=step_times[0],
                 median_step_ms=1e3 * steady, generator_latent_fps=1.0 / steady, out=out)

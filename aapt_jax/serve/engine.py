@@ -26,6 +26,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from aapt_jax import configs
+from aapt_jax.data.sources import clip_text
 from aapt_jax.io.video import frames_to_unit, unit_to_frames
 from aapt_jax.io.generator_source import load_generator
 from aapt_jax.io.vae_source import load_vae
@@ -83,7 +84,7 @@ class Engine:
                              f"got {self.frames_per_latent}")
         self.params = jax.device_put(params)
         self.vae_params = jax.device_put(vae_params)
-        self.text = jnp.asarray(_text_embedding(config))[None]
+        self.text = jnp.asarray(clip_text(config))[None]
         self._graphdef, self._vae_graphdef = graphdef, vae_graphdef
         self._init = jax.jit(self._init_impl)
         self._step = jax.jit(self._step_impl, donate_argnums=(1,))
@@ -167,17 +168,6 @@ class Engine:
             self.next(handle, *rig.advance(frozenset({"forward"}), (0.0, 0.0), self.frames_per_latent))
         self.compile_s = time.perf_counter() - t0
         return self.compile_s
-
-
-def _text_embedding(config: ConfigDict) -> np.ndarray:
-    """float32 ``[Lt, D]``: the text the training clips carried (zeros unless the data config
-    asks for its fixed random embedding)."""
-    data = config.get("data")
-    if data is not None and data.get("text_embedding", "zeros") != "zeros":
-        from aapt_jax.data.sources import make_source
-
-        return make_source(data)[0]["text"]
-    return np.zeros((config.model.text_len, config.model.text_dim), np.float32)
 
 
 _ENGINES: dict = {}
