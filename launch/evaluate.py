@@ -17,6 +17,8 @@ Seconds are counted at ``config.video.fps`` after the given first frame (a secon
 * ``drift.md``: a table, model x horizon: PSNR and SSIM at the last second and their means,
   sharpness (generated / real) and colour distance at the last second.
 * ``drift.png``: PSNR and SSIM per second, one line per model.
+* ``frames.png``: the first path's true render and each model's video at 0, 1, 2, 5, 10, 30,
+  60 and 300 s (those within the video) and its last frame.
 * ``<model>_path0.mp4``: real | generated, side by side, of the first path.
 
 Every flag is checked, and every export's info read, before anything compiles.

@@ -3,7 +3,7 @@
 Trains the VAE and stages 0 -> 3 of ``--config`` (default: the tiny procedural camera
 world, sized for a 2-core CPU) in ``DIR/<stage>``, then streams ``--seconds`` of video
 along camera paths of held-out worlds with the stage 2 and stage 3 generators and writes
-``DIR/drift/``: the drift report (``drift.md``, ``drift.json``, ``drift.png``) against the
+``DIR/drift/``: the drift report (``drift.md``, ``drift.json``, ``drift.png``, ``frames.png``) against the
 true renders and one mp4 per model (real | generated). Rerunning the command resumes:
 finished stages are skipped, an interrupted one continues from its last checkpoint.
 Each stage's config is the file's ``get_config(STAGE)`` with the ``--config.*`` overrides.

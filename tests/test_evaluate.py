@@ -87,6 +87,7 @@ def test_evaluate_end_to_end_writes_report(exports, tmp_path):
     table = (out / "drift.md").read_text()
     assert "| s1 | adapt | 2 |" in table and "| cd | distill | 1 |" in table
     assert (out / "drift.png").stat().st_size > 1000
+    assert (out / "frames.png").stat().st_size > 1000  # true render and each model at a few moments
     from aapt_jax.io.video import read_video
 
     video = read_video(str(out / "cd_path0.mp4"), 32, 64)  # real | generated
@@ -148,3 +149,11 @@ def test_compare_stages_streams_both_generators(exports, tmp_path):
     with pytest.raises(ValueError, match="--adapt"):  # each flag names a stage of its own
         compare_stages(config, adapt=str(exports / "distill"), distill=str(exports / "distill"), clips=1,
                        out=str(tmp_path / "cmp2"))
+
+
+def test_frame_strip_moments():
+    from aapt_jax.eval.report import strip_indices
+
+    assert strip_indices(24, 1 + 4 * 360) == [(0, 0), (1, 24), (2, 48), (5, 120), (10, 240), (30, 720), (60, 1440)]
+    assert strip_indices(24, 100) == [(0, 0), (1, 24), (2, 48), (99 / 24, 99)]  # the last frame ends the strip
+    assert strip_indices(24, 1 + 4 * 1800)[-1] == (300, 7200)

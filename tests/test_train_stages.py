@@ -50,7 +50,7 @@ def test_pipeline_runs_every_stage_and_reports_drift(scratch):
         assert video.shape == (1 + 4 * 2, 32, 64, 3)
         assert (run / "tb").exists() and any((run / "tb").iterdir())
     assert set(report["drift"]) == {"adapt", "adversarial"}
-    for name in ("drift.json", "drift.md", "drift.png", "adversarial_path0.mp4"):
+    for name in ("drift.json", "drift.md", "drift.png", "frames.png", "adversarial_path0.mp4"):
         assert (tmp_path / "drift" / name).exists()
 
 

@@ -150,6 +150,47 @@ def plot(result: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
+# The moments a frame strip shows (seconds), those within the video.
+STRIP_SECONDS = (0, 1, 2, 5, 10, 30, 60, 300)
+
+
+def strip_indices(fps: float, video_frames: int) -> list[tuple[float, int]]:
+    """``[(second, frame index)]`` of :data:`STRIP_SECONDS` within a video of ``video_frames``
+    frames, the last one added when the video ends between two of them."""
+    out = [(s, int(round(s * fps))) for s in STRIP_SECONDS if int(round(s * fps)) < video_frames]
+    last = video_frames - 1
+    if out[-1][1] < last:
+        out.append((last / fps, last))
+    return out
+
+
+def frame_strip(rows: dict, moments: list[tuple[float, int]], path: str) -> None:
+    """One row per video (``{label: uint8 [len(moments), H, W, 3]}``, its frames at
+    ``moments`` from :func:`strip_indices`): what the numbers are about, at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), len(moments), figsize=(1.6 * len(moments), 1.7 * len(rows)),
+                             squeeze=False)
+    for r, (label, video) in enumerate(rows.items()):
+        for c, (second, _) in enumerate(moments):
+            ax = axes[r, c]
+            ax.imshow(video[c])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{second:g} s", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def _write_text(path: str, text: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -174,6 +215,9 @@ def evaluate(config: ConfigDict, *, vae: str, models: str, seconds: str, paths: 
     os.makedirs(out, exist_ok=True)
     reports = {name: [] for name in generators}
     reference, rollout_seconds = [], {name: [] for name in generators}
+    # Path 0's true render and each model's video at a few moments, for frames.png.
+    moments = strip_indices(fps, 1 + config.video.vae_temporal * K)
+    strip, at = {}, [index for _, index in moments]
     bar = tqdm(total=len(generators) * paths, desc="models x paths", unit="rollout")
     for i in range(paths):
         path = eval_path(config, i, latent_frames=K, seed=seed, worlds=worlds)
@@ -188,6 +232,8 @@ def evaluate(config: ConfigDict, *, vae: str, models: str, seconds: str, paths: 
             reports[name].append(drift_report(generated[1:], real[1:], fps))
             if i == 0:
                 write_mp4(os.path.join(out, f"{name}_path0.mp4"), np.concatenate([real, generated], axis=2), fps=fps)
+                strip.setdefault("true render", real[at])
+                strip[f"{name} ({gen.stage})"] = generated[at]
             bar.update(1)
     bar.close()
 
@@ -211,4 +257,5 @@ def evaluate(config: ConfigDict, *, vae: str, models: str, seconds: str, paths: 
     _write_text(os.path.join(out, "drift.json"), json.dumps(result, indent=1))
     _write_text(os.path.join(out, "drift.md"), markdown_table(result))
     plot(result, os.path.join(out, "drift.png"))
+    frame_strip(strip, moments, os.path.join(out, "frames.png"))
     return result
