@@ -15,8 +15,9 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from aapt_jax.data.geometry import check_data_geometry
+from aapt_jax.data.sources import clip_text
 from aapt_jax.eval.drift import METRICS, drift_report
-from aapt_jax.eval.rollout import (WORLDS, DriftRollout, check_generator_export, eval_path, eval_text,
+from aapt_jax.eval.rollout import (WORLDS, DriftRollout, check_generator_export, eval_path,
                                    load_generator_export, sampler_of_stage, vae_reconstruction)
 from aapt_jax.io import builtin
 from aapt_jax.io.vae_source import load_vae
@@ -211,7 +212,7 @@ def evaluate(config: ConfigDict, *, vae: str, models: str, seconds: str, paths: 
     generators = {name: load_generator_export(workdir, config, field=f"--models ({name})")
                   for name, (workdir, *_) in args["models"].items()}
     runner = DriftRollout(config, vae_bundle)
-    text = eval_text(config)
+    text = clip_text(config)
     os.makedirs(out, exist_ok=True)
     reports = {name: [] for name in generators}
     reference, rollout_seconds = [], {name: [] for name in generators}

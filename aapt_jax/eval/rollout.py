@@ -4,8 +4,9 @@
     gen = load_generator_export(workdir, config)                 # params + the stage's sampler
     vae = load_vae(config.vae.preset, vae_dir)                   # (vcfg, graphdef, params)
     path = eval_path(config, index, latent_frames=K, seed=1234)  # a walk and its true render
-    generated, real = DriftRollout(config, vae)(gen, path, eval_text(config), key)  # uint8 [1+4K, H, W, 3]
+    generated, real = DriftRollout(config, vae)(gen, path, clip_text(config), key)  # uint8 [1+4K, H, W, 3]
 
+``clip_text`` (:mod:`aapt_jax.data.sources`) is the text the training clips carried.
 The generator starts from the VAE encoding of the path's first true frame (normalized
 latents, as the training stages see them) and follows the path's camera controls for
 ``K`` latent frames; the latents are decoded by the causal VAE's streaming decoder, one
@@ -178,13 +179,6 @@ def eval_path(config: ConfigDict, index: int, *, latent_frames: int, seed: int, 
                        warmup_frames=int(rng.integers(source.max_warmup_frames + 1)), branch_seed=branch_seed)
     return EvalPath(world_index, path.intrinsics, path.c2w,
                     render_path(world, path.intrinsics, path.c2w, source.video_hw))
-
-
-def eval_text(config: ConfigDict) -> np.ndarray:
-    """float32 ``[Lt, D]``: the text embedding the training clips carry (zeros, or the
-    training source's fixed random embedding)."""
-    source = _world_source(config, config.data.seed)
-    return source[0]["text"]
 
 
 def _placed_like(params, x):

@@ -25,8 +25,9 @@ import numpy as np
 from flax import nnx
 
 from aapt_jax import configs
+from aapt_jax.data.sources import clip_text
 from aapt_jax.eval.drift import psnr
-from aapt_jax.eval.rollout import (DriftRollout, decode_stream, encode_stream, eval_path, eval_text,
+from aapt_jax.eval.rollout import (DriftRollout, decode_stream, encode_stream, eval_path,
                                    load_generator_export, vae_reconstruction)
 from aapt_jax.io.generator_source import load_generator
 from aapt_jax.model import flow
@@ -116,7 +117,7 @@ def base_denoise_psnr(config, vae, base_source: str, *, paths: int, latent_frame
     cfg = configs.model_config(config).replace(causal=False, control_channels=0)
     params, _ = load_generator(base_source, cfg, stages=("base",), field="base")
     graphdef, _ = abstract_model(cfg)
-    text = jnp.asarray(eval_text(config), jnp.float32)[None]
+    text = jnp.asarray(clip_text(config), jnp.float32)[None]
 
     @jax.jit
     def clean_estimate(params, latents, eps):
@@ -142,7 +143,7 @@ def generator_heldout(config, vae, generator_source: str, *, paths: int, seconds
     k = _latent_frames(config, seconds[1])
     generator = load_generator_export(generator_source, config, field="generator")
     runner = DriftRollout(config, vae)
-    text = eval_text(config)
+    text = clip_text(config)
     fps = config.video.fps
     out = {"generator": [], "copy_first_frame": [], "control_following": [], "stage": generator.stage}
     for i in range(paths):
