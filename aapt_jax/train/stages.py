@@ -186,11 +186,16 @@ def init_params(make, layout: sharded.Layout | None, axes=None, player: str = sh
         return _pure(nnx.state(nnx.eval_shape(make)))
     if layout is None:
         return _pure(nnx.split(make())[1])
-    shapes = nnx.state(nnx.eval_shape(make))
+    shardings = player_shardings(layout, nnx.state(nnx.eval_shape(make)), axes, player)
+    return jax.jit(lambda: _pure(nnx.split(make())[1]), out_shardings=shardings)()
+
+
+def player_shardings(layout: sharded.Layout, shapes, axes=None, player: str = sharded.GENERATOR):
+    """The shardings of one player's params (a pure-dict tree like ``shapes``, an nnx state of
+    shapes) under ``layout``, from their logical ``axes`` (by default read off ``shapes``)."""
     if axes is None:
         axes = shd.logical_axes(shapes)
-    shardings = sharded.param_shardings(layout, {player: axes}, {player: _pure(shapes)}, players=True)
-    return jax.jit(lambda: _pure(nnx.split(make())[1]), out_shardings=shardings[player])()
+    return sharded.param_shardings(layout, {player: axes}, {player: _pure(shapes)}, players=True)[player]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,10 +229,7 @@ class _DiTInputs:
         if self.tc.random_init:  # throughput benchmarks: no previous stage needed
             return graphdef, init_params(lambda: WanDiT(self.cfg, rngs=nnx.Rngs(self.tc.seed)), self.layout,
                                          shd.logical_axes(shapes))
-        shardings = None
-        if self.layout is not None:
-            shardings = sharded.param_shardings(self.layout, {"generator": shd.logical_axes(shapes)},
-                                                {"generator": _pure(shapes)}, players=True)["generator"]
+        shardings = None if self.layout is None else player_shardings(self.layout, shapes)
         params, _ = load_generator(self.tc.init_from, self.cfg, stages=STAGES[name].init_from, seed=self.tc.seed,
                                    field="train.init_from", shardings=shardings)
         return graphdef, params
@@ -366,8 +368,7 @@ def _adversarial_stage(config, tc, vae, layout=None, abstract=False) -> Stage:
     if not (tc.random_init or abstract):
         shardings = None
         if layout is not None:
-            shardings = sharded.param_shardings(layout, {"discriminator": d_axes}, {"discriminator": _pure(d_abstract)},
-                                                players=True)["discriminator"]["backbone"]
+            shardings = player_shardings(layout, d_abstract, d_axes, "discriminator")["backbone"]
         d_params["backbone"] = load_discriminator_backbone(tc.disc_init_from, cfg, tc.seed, shardings)
     params = {"generator": g_params, "discriminator": d_params}
 
