@@ -5,6 +5,8 @@ The layers, lowest first, are written below. A module belongs to the layer of th
 prefix that names it, so a layer can be a single module where a package spans two layers
 (the attention API sits above the kernels that implement it, which sit above the jnp
 reference and the window rule they check against). Imports inside functions count too.
+The package's shape is checked here too: pyproject lists every package, binaries stay thin
+and few functions run long.
 """
 
 import ast
@@ -150,3 +152,14 @@ def test_every_binary_main_is_thin():
             if isinstance(node, ast.FunctionDef) and node.name == "main" and node.end_lineno - node.lineno >= 30:
                 long[path.name] = node.end_lineno - node.lineno + 1
     assert long == {}
+
+
+def test_few_long_functions():
+    """Functions stay short enough to read whole: at most three in the tree run over 60 lines."""
+    long = []
+    for folder in ("aapt_jax", "kernels", "launch", "configs", "aapt_torch"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert len(long) <= 3, long

@@ -255,8 +255,13 @@ def evaluate(config: ConfigDict, *, vae: str, models: str, seconds: str, paths: 
                                       window=gen.cfg.window,
                                       # wall time of each path's rollout; the first includes compiling
                                       rollout_seconds=rollout_seconds[name])
+    _write_outputs(out, result, strip, moments)
+    return result
+
+
+def _write_outputs(out: str, result: dict, strip: dict, moments: list) -> None:
+    """``drift.json``, ``drift.md``, ``drift.png`` and ``frames.png`` into ``out``."""
     _write_text(os.path.join(out, "drift.json"), json.dumps(result, indent=1))
     _write_text(os.path.join(out, "drift.md"), markdown_table(result))
     plot(result, os.path.join(out, "drift.png"))
     frame_strip(strip, moments, os.path.join(out, "frames.png"))
-    return result
