@@ -78,8 +78,7 @@ def _world_start(config: ConfigDict, ctrl_cfg, vae):
     world = make_world(seed)
     path = random_walk(world, 1 + config.video.vae_temporal * K, seed, hw)
     rgb = render_path(world, path.intrinsics[:1], path.c2w[:1], hw)  # uint8 [1, H, W, 3]
-    encoder = vae_lib.encode_init(vcfg, 1, hw)
-    _, (mean, _) = vae_lib.encode_step(vae_graphdef, vae_params, encoder, frames_to_unit(rgb)[None])
+    mean, _ = vae_lib.encode(vae_graphdef, vae_params, frames_to_unit(rgb)[None])
     first = jnp.repeat(vae_lib.normalize_latents(vcfg, mean), B, axis=0)
     controls = None
     if ctrl_cfg.kind == "camera":
