@@ -12,11 +12,16 @@ sampler with a fixed window; ``distill``/``adversarial``: one step per latent fr
 Seconds are counted at ``config.video.fps`` after the given first frame (a second is
 ``fps / 4`` latent frames). Writes to ``--out``:
 
-* ``drift.json``: per model, the per-second metrics (mean over paths and per path) and a
-  summary per horizon; the VAE reconstruction of the true video as a reference row.
-* ``drift.md``: a table, model x horizon: PSNR and SSIM at the last second and their means,
-  sharpness (generated / real) and colour distance at the last second.
-* ``drift.png``: PSNR and SSIM per second, one line per model.
+* ``drift.json``: per model, the per-second metrics (mean over paths and per path), a summary
+  per horizon with the half width of each figure's 95% interval over paths (``ci95``), and
+  the paired differences between every two models (``paired``); the VAE reconstruction of
+  the true video (``reference``) and the true first frame held still (``baseline``).
+* ``drift.md``: a table, model x horizon: PSNR and SSIM means, PSNR at the last second,
+  control following (PSNR against the path's own render minus against a walk branched from
+  the same first frame), sharpness and colour distance, each ± its 95% interval; then the
+  paired differences.
+* ``drift.png``: PSNR, SSIM and control following per second, one line per model, shaded
+  over the 95% interval.
 * ``frames.png``: the first path's true render and each model's video at 0, 1, 2, 5, 10, 30,
   60 and 300 s (those within the video) and its last frame.
 * ``<model>_path0.mp4``: real | generated, side by side, of the first path.

@@ -76,16 +76,20 @@ def test_evaluate_end_to_end_writes_report(exports, tmp_path):
     assert set(result["models"]) == {"s1", "cd"}
     assert result["models"]["s1"]["stage"] == "adapt" and result["models"]["s1"]["sampler"] == "multistep"
     assert result["models"]["cd"]["sampler"] == "onestep"
-    for entry in list(result["models"].values()) + [result["reference"]]:
-        for metric in ("psnr", "ssim", "sharpness", "sharpness_real", "color_distance"):
+    for entry in list(result["models"].values()) + [result["reference"], result["baseline"]]:
+        for metric in ("psnr", "ssim", "sharpness", "sharpness_real", "color_distance", "control_following"):
             values = entry["per_second"][metric]
             assert len(values) == 2 and np.isfinite(values).all(), (metric, values)
-        assert set(entry["horizons"]) == {"1", "2"}
+        assert set(entry["horizons"]) == {"1", "2"} and set(entry["ci95"]) == {"1", "2"}
         assert {"psnr_last", "psnr_mean", "ssim_last", "ssim_mean", "sharpness_last", "sharpness_real_last",
-                "color_distance_last"} <= set(entry["horizons"]["2"])
+                "color_distance_last", "control_following_mean"} <= set(entry["horizons"]["2"])
+        assert set(entry["ci95"]["2"]) == set(entry["horizons"]["2"])
         assert entry["horizons"]["1"]["psnr_last"] == entry["per_second"]["psnr"][0]
+    assert set(result["paired"]) == {"s1 - cd"}
+    s1, cd = (result["models"][n]["horizons"]["2"]["psnr_mean"] for n in ("s1", "cd"))
+    np.testing.assert_allclose(result["paired"]["s1 - cd"]["2"]["psnr_mean"][0], s1 - cd, atol=1e-9)
     table = (out / "drift.md").read_text()
-    assert "| s1 | adapt | 2 |" in table and "| cd | distill | 1 |" in table
+    assert "| s1 | adapt | 2 |" in table and "| cd | distill | 1 |" in table and "| s1 - cd | 2 |" in table
     assert (out / "drift.png").stat().st_size > 1000
     assert (out / "frames.png").stat().st_size > 1000  # true render and each model at a few moments
     from aapt_jax.io.video import read_video
@@ -93,6 +97,18 @@ def test_evaluate_end_to_end_writes_report(exports, tmp_path):
     video = read_video(str(out / "cd_path0.mp4"), 32, 64)  # real | generated
     assert video.shape == (17, 32, 64, 3)
     assert (out / "s1_path0.mp4").exists()
+
+
+def test_path_report_control_following_per_second():
+    from aapt_jax.eval.report import _path_report
+
+    rng = np.random.default_rng(0)
+    real, other = (rng.integers(0, 256, (17, 8, 8, 3), dtype=np.uint8) for _ in range(2))
+    near = np.clip(real.astype(int) + rng.integers(-8, 9, real.shape), 0, 255).astype(np.uint8)
+    follows = _path_report(near, real, other, fps=8)["control_following"]
+    ignores = _path_report(other, real, other, fps=8)["control_following"]
+    assert len(follows) == 2 and min(follows) > 15.0  # frames 1-8 and 9-16; frame 0 is given
+    assert max(ignores) < -15.0
 
 
 def test_bad_flags_fail_before_anything_compiles(exports, tmp_path):

@@ -16,15 +16,23 @@ from tqdm import tqdm
 
 from aapt_jax.data.geometry import check_data_geometry
 from aapt_jax.data.sources import clip_text
-from aapt_jax.eval.drift import METRICS, drift_report
+from aapt_jax.eval.drift import METRICS, drift_report, psnr, second_bounds
 from aapt_jax.eval.rollout import (WORLDS, DriftRollout, check_generator_export, eval_path,
                                    load_generator_export, sampler_of_stage, vae_reconstruction)
+from aapt_jax.eval.world_figures import copy_first_frame, mean_ci95
 from aapt_jax.io import builtin
 from aapt_jax.io.vae_source import load_vae
 from aapt_jax.io.video import write_mp4
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 REFERENCE = "vae_reconstruction"
+BASELINE = "copy_first_frame"
+# Per second, besides the drift metrics: PSNR against the path's own render minus PSNR against
+# the render of a walk branched from the same first frame (a generator that ignores the
+# camera scores ~0; the VAE reconstruction gives the ceiling).
+STUDY_METRICS = METRICS + ("control_following",)
+# The figures compared between models, path by path (the same paths and noise for every model).
+PAIRED = ("psnr_mean", "psnr_last", "ssim_mean", "control_following_mean")
 
 
 def parse_models(spec) -> dict[str, str]:
@@ -91,59 +99,112 @@ def check_args(config: ConfigDict, vae: str, models: str, seconds: str, paths: i
 
 
 def _mean_over_paths(reports: list[dict]) -> dict:
-    return {m: [float(v) for v in np.mean([r[m] for r in reports], axis=0)] for m in METRICS}
+    return {m: [float(v) for v in np.mean([r[m] for r in reports], axis=0)] for m in STUDY_METRICS}
 
 
 def horizon_summary(per_second: dict, seconds: list[int]) -> dict:
-    """Per horizon ``H``: the metrics at second ``H`` (``*_last``) and PSNR/SSIM means over 1..H."""
+    """Per horizon ``H``: the metrics at second ``H`` (``*_last``) and PSNR/SSIM/colour
+    distance/control following means over seconds 1..H."""
     out = {}
     for h in seconds:
-        row = {f"{m}_last": per_second[m][h - 1] for m in METRICS}
-        row.update(psnr_mean=float(np.mean(per_second["psnr"][:h])), ssim_mean=float(np.mean(per_second["ssim"][:h])),
-                   color_distance_mean=float(np.mean(per_second["color_distance"][:h])))
+        row = {f"{m}_last": per_second[m][h - 1] for m in STUDY_METRICS}
+        for m in ("psnr", "ssim", "color_distance", "control_following"):
+            row[f"{m}_mean"] = float(np.mean(per_second[m][:h]))
         out[str(h)] = row
     return out
 
 
+def horizon_ci95(per_path: list[dict], seconds: list[int]) -> dict:
+    """Half widths of the 95% intervals (Student t over paths) of every
+    :func:`horizon_summary` figure."""
+    rows = [horizon_summary(r, seconds) for r in per_path]
+    return {h: {k: mean_ci95([r[h][k] for r in rows])[1] for k in rows[0][h]} for h in rows[0]}
+
+
+def paired_differences(models: dict, seconds: list[int]) -> dict:
+    """``{'a - b': {horizon: {figure: [mean, ci95]}}}`` for every pair of models, over the
+    per-path differences of the :data:`PAIRED` figures: the paths and noise are shared, so
+    the paired interval is tighter than the two separate ones."""
+    names = list(models)
+    per_path = {n: [horizon_summary(r, seconds) for r in models[n]["per_path"]] for n in names}
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            out[f"{a} - {b}"] = {
+                str(h): {f: list(mean_ci95([x[str(h)][f] - y[str(h)][f] for x, y in zip(per_path[a], per_path[b])]))
+                         for f in PAIRED} for h in seconds}
+    return out
+
+
 def markdown_table(result: dict) -> str:
-    lines = ["| model | stage | horizon (s) | PSNR last (dB) | PSNR mean (dB) | SSIM last | SSIM mean | "
-             "sharpness last (gen / real) | colour distance last |",
+    """The model x horizon table (means with 95% intervals over paths) and the paired
+    differences between models."""
+    lines = ["| model | stage | horizon (s) | PSNR mean (dB) | PSNR last (dB) | SSIM mean | control following "
+             "mean (dB) | sharpness last (gen / real) | colour distance last |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    rows = list(result["models"].items()) + [(REFERENCE, result["reference"])]
+    rows = list(result["models"].items()) + [(REFERENCE, result["reference"]), (BASELINE, result["baseline"])]
     for name, entry in rows:
         for h, s in entry["horizons"].items():
-            lines.append(f"| {name} | {entry['stage']} | {h} | {s['psnr_last']:.2f} | {s['psnr_mean']:.2f} | "
-                         f"{s['ssim_last']:.3f} | {s['ssim_mean']:.3f} | "
+            ci = entry["ci95"][h]
+            lines.append(f"| {name} | {entry['stage']} | {h} | {s['psnr_mean']:.2f} ± {ci['psnr_mean']:.2f} | "
+                         f"{s['psnr_last']:.2f} ± {ci['psnr_last']:.2f} | {s['ssim_mean']:.3f} ± {ci['ssim_mean']:.3f} | "
+                         f"{s['control_following_mean']:.2f} ± {ci['control_following_mean']:.2f} | "
                          f"{s['sharpness_last']:.1f} / {s['sharpness_real_last']:.1f} | "
-                         f"{s['color_distance_last']:.2f} |")
+                         f"{s['color_distance_last']:.2f} ± {ci['color_distance_last']:.2f} |")
     note = (f"\n{result['paths']} camera paths (seed {result['seed']}, {result['worlds']} worlds), "
-            f"{result['video_hw'][0]}x{result['video_hw'][1]} at {result['fps']} fps; metrics are means over "
-            f"paths; 'last' is the horizon's last second. Colour distance: per-channel 1-D Wasserstein "
-            f"distance (intensity levels) to the real second's pixels. `{REFERENCE}`: the true video through "
-            f"the VAE (the best a generator in this latent space can do).\n")
-    return "\n".join(lines) + "\n" + note
+            f"{result['video_hw'][0]}x{result['video_hw'][1]} at {result['fps']} fps; mean over paths ± the half "
+            f"width of its 95% interval (Student t); 'last' is the horizon's last second, 'mean' seconds 1..H. "
+            f"Control following: PSNR against the path's own render minus PSNR against a walk branched from "
+            f"the same first frame. Colour distance: per-channel 1-D Wasserstein distance (intensity levels) to "
+            f"the real second's pixels. `{REFERENCE}`: the true video through the VAE (the best a generator in "
+            f"this latent space can do); `{BASELINE}`: the true first frame held still.\n")
+    pairs = ["", "Paired differences (same paths and noise; mean ± 95% interval of the per-path difference):", "",
+             "| models | horizon (s) | " + " | ".join(f"Δ {f}" for f in PAIRED) + " |",
+             "| --- | ---: |" + " ---: |" * len(PAIRED)]
+    for pair, by_h in result["paired"].items():
+        for h, figs in by_h.items():
+            pairs.append(f"| {pair} | {h} | " + " | ".join(f"{m:+.2f} ± {c:.2f}" for m, c in
+                                                            (figs[f] for f in PAIRED)) + " |")
+    return "\n".join(lines) + "\n" + note + ("\n".join(pairs) + "\n" if result["paired"] else "")
+
+
+def _per_second_ci95(per_path: list[dict], metric: str) -> np.ndarray:
+    values = np.asarray([r[metric] for r in per_path], np.float64)  # [paths, seconds]
+    return np.array([mean_ci95(values[:, j])[1] for j in range(values.shape[1])])
 
 
 def plot(result: dict, path: str) -> None:
+    """PSNR, SSIM and control following per second, one line per model, shaded over its
+    95% interval across paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    rows = list(result["models"].items()) + [(REFERENCE, result["reference"])]
-    for metric, ax, label in (("psnr", axes[0], "PSNR (dB)"), ("ssim", axes[1], "SSIM")):
+    panels = (("psnr", "PSNR vs the true render (dB)"), ("ssim", "SSIM"),
+              ("control_following", "control following (dB)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 4.2))
+    rows = list(result["models"].items()) + [(REFERENCE, result["reference"]), (BASELINE, result["baseline"])]
+    for (metric, label), ax in zip(panels, axes):
         for name, entry in rows:
-            values = entry["per_second"][metric]
-            ax.plot(range(1, len(values) + 1), values, marker="." if len(values) < 30 else None,
-                    linestyle="--" if name == REFERENCE else "-", label=f"{name} ({entry['stage']})")
+            values = np.asarray(entry["per_second"][metric])
+            x = np.arange(1, len(values) + 1)
+            line, = ax.plot(x, values, marker="." if len(values) < 30 else None,
+                            linestyle="--" if name in (REFERENCE, BASELINE) else "-",
+                            label=f"{name} ({entry['stage']})")
+            if len(entry["per_path"]) > 1:
+                half = _per_second_ci95(entry["per_path"], metric)
+                ax.fill_between(x, values - half, values + half, color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_xlabel("second")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(x) > 60:
+            ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"drift vs the true video, mean of {result['paths']} paths")
+    fig.suptitle(f"drift vs the true video: mean of {result['paths']} paths, shaded 95% interval")
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=100)
@@ -211,52 +272,74 @@ def evaluate(config: ConfigDict, *, vae: str, models: str, seconds: str, paths: 
     fps, K, horizons = config.video.fps, args["latent_frames"], args["seconds"]
     generators = {name: load_generator_export(workdir, config, field=f"--models ({name})")
                   for name, (workdir, *_) in args["models"].items()}
+    os.makedirs(out, exist_ok=True)
+    rolled = _roll_out(config, vae_bundle, generators, K=K, paths=paths, seed=seed, worlds=worlds, out=out)
+
+    def entry(stage, sampler, per_path):
+        per_second = _mean_over_paths(per_path)
+        return {"stage": stage, "sampler": sampler, "per_second": per_second, "per_path": per_path,
+                "horizons": horizon_summary(per_second, horizons), "ci95": horizon_ci95(per_path, horizons)}
+
+    result = {
+        "config": config.name, "fps": fps, "video_hw": [config.video.height, config.video.width],
+        "seconds": horizons, "latent_frames": K, "video_frames": 1 + config.video.vae_temporal * K,
+        "paths": paths, "seed": seed, "worlds": worlds, "metrics": list(STUDY_METRICS),
+        "multistep_sampler": rolled["multistep_sampler"], "models": {},
+        "reference": entry("vae", "reconstruction", rolled["reference"]),
+        "baseline": entry("none", "copy", rolled["baseline"]),
+    }
+    for name, gen in generators.items():
+        result["models"][name] = dict(entry(gen.stage, gen.sampler, rolled["reports"][name]), workdir=gen.workdir,
+                                      window=gen.cfg.window,
+                                      # wall time of each path's rollout; the first includes compiling
+                                      rollout_seconds=rolled["rollout_seconds"][name])
+    result["paired"] = paired_differences(result["models"], horizons)
+    _write_outputs(out, result, rolled["strip"], rolled["moments"])
+    return result
+
+
+def _path_report(generated, real, other, fps: float) -> dict:
+    """:func:`~aapt_jax.eval.drift.drift_report` of frames ``1 ..`` (frame 0 is given) plus
+    per-second ``control_following`` against ``other``, the render of a branched walk."""
+    report = drift_report(generated[1:], real[1:], fps)
+    gap = psnr(generated[1:], real[1:]) - psnr(generated[1:], other[1:])
+    report["control_following"] = [float(np.mean(gap[lo:hi])) for lo, hi in second_bounds(len(gap), fps)]
+    return report
+
+
+def _roll_out(config, vae_bundle, generators: dict, *, K: int, paths: int, seed: int, worlds: str, out: str) -> dict:
+    """Every generator along every path (the same key per path for every model): per-path
+    reports of the models, the VAE reconstruction and the copied first frame, rollout wall
+    times, path 0's videos (mp4 and the frame strip's rows)."""
+    fps = config.video.fps
     runner = DriftRollout(config, vae_bundle)
     text = clip_text(config)
-    os.makedirs(out, exist_ok=True)
     reports = {name: [] for name in generators}
-    reference, rollout_seconds = [], {name: [] for name in generators}
+    reference, baseline, rollout_seconds = [], [], {name: [] for name in generators}
     # Path 0's true render and each model's video at a few moments, for frames.png.
     moments = strip_indices(fps, 1 + config.video.vae_temporal * K)
     strip, at = {}, [index for _, index in moments]
     bar = tqdm(total=len(generators) * paths, desc="models x paths", unit="rollout")
     for i in range(paths):
         path = eval_path(config, i, latent_frames=K, seed=seed, worlds=worlds)
-        # Frame 0 is given (the true first frame's encoding): the seconds start after it.
-        reference.append(drift_report(vae_reconstruction(vae_bundle, path.video)[1:], path.video[1:], fps))
-        # The same key for every model on a path (models with the same sampler draw the same noise).
+        other = eval_path(config, i, latent_frames=K, seed=seed, worlds=worlds, branch_seed=i + 1).video
+        reference.append(_path_report(vae_reconstruction(vae_bundle, path.video), path.video, other, fps))
+        baseline.append(_path_report(copy_first_frame(path.video), path.video, other, fps))
         key = jax.random.fold_in(jax.random.key(seed), i)
         for name, gen in generators.items():
             t0 = time.perf_counter()
             generated, real = runner(gen, path, text, key)
             rollout_seconds[name].append(time.perf_counter() - t0)
-            reports[name].append(drift_report(generated[1:], real[1:], fps))
+            reports[name].append(_path_report(generated, real, other, fps))
             if i == 0:
                 write_mp4(os.path.join(out, f"{name}_path0.mp4"), np.concatenate([real, generated], axis=2), fps=fps)
                 strip.setdefault("true render", real[at])
                 strip[f"{name} ({gen.stage})"] = generated[at]
             bar.update(1)
     bar.close()
-
-    def entry(stage, sampler, per_path):
-        per_second = _mean_over_paths(per_path)
-        return {"stage": stage, "sampler": sampler, "per_second": per_second, "per_path": per_path,
-                "horizons": horizon_summary(per_second, horizons)}
-
-    result = {
-        "config": config.name, "fps": fps, "video_hw": [config.video.height, config.video.width],
-        "seconds": horizons, "latent_frames": K, "video_frames": 1 + config.video.vae_temporal * K,
-        "paths": paths, "seed": seed, "worlds": worlds, "metrics": list(METRICS),
-        "multistep_sampler": {"num_steps": runner.num_steps, "shift": runner.shift},
-        "models": {}, "reference": entry("vae", "reconstruction", reference),
-    }
-    for name, gen in generators.items():
-        result["models"][name] = dict(entry(gen.stage, gen.sampler, reports[name]), workdir=gen.workdir,
-                                      window=gen.cfg.window,
-                                      # wall time of each path's rollout; the first includes compiling
-                                      rollout_seconds=rollout_seconds[name])
-    _write_outputs(out, result, strip, moments)
-    return result
+    return {"reports": reports, "reference": reference, "baseline": baseline, "rollout_seconds": rollout_seconds,
+            "strip": strip, "moments": moments,
+            "multistep_sampler": {"num_steps": runner.num_steps, "shift": runner.shift}}
 
 
 def _write_outputs(out: str, result: dict, strip: dict, moments: list) -> None:
