@@ -17,7 +17,7 @@ from aapt_jax.train.config import train_fields
 from configs import tiny
 
 # Per stage: steps, learning rate (the paper's 1e-5 AdamW is for an 8B model at batch 256;
-# a 0.6M-parameter model on CPU needs larger steps to move in minutes).
+# a 2M-parameter model on CPU needs larger steps to move in minutes).
 STAGE_DEFAULTS = {
     # The shipped VAE's recipe (``python -m launch.pretrain``): clips of 1 + 6 latent frames
     # (25 video frames; 9-frame clips let colours drift after the 4th latent frame), the
