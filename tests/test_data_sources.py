@@ -45,6 +45,22 @@ def test_world_items_are_deterministic_with_exact_cameras():
         src[40]
 
 
+def test_world_items_are_kept_read_only_within_the_cache_budget():
+    src = S.make_source(S.data_config(**SMALL))
+    first = src[5]
+    again = src[5]
+    assert again["video"] is first["video"]  # served from the cache, not rendered again
+    with pytest.raises(ValueError, match="read-only"):
+        again["video"][0, 0, 0, 0] = 1
+    again["text"][0, 0] = 7.0  # the text is each item's own copy
+    assert src[5]["text"][0, 0] == 0.0
+    args = dict(SMALL, source="world")
+    uncached = S.WorldSource(*(args[k] for k in ("height", "width", "latent_frames", "num_examples")),
+                             seed=0, text_len=4, text_dim=8, cache_bytes=first["video"].nbytes)
+    assert _equal(uncached[5], first)  # the same item, rendered afresh
+    assert uncached[6]["video"] is not uncached[6]["video"]  # over the budget: not kept
+
+
 def test_pose_items_and_random_text():
     src = S.make_source(S.data_config(**SMALL, source="pose", text_embedding="random"))
     a, b = src[0], src[1]

@@ -42,6 +42,8 @@ from aapt_jax.model.camera import SPATIAL_FACTOR, TEMPORAL_FACTOR
 
 SOURCES = ("world", "pose", "folder", "latents")
 TEXT_EMBEDDINGS = ("zeros", "random")
+# Rendered world clips kept in memory per source (4096 clips of 25 frames at 64x64 are 1.3 GB).
+WORLD_CACHE_BYTES = 2 << 30
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -84,11 +86,15 @@ class WorldSource(_ClipSource):
     """
 
     def __init__(self, *args, num_worlds: int = 16, fov_deg: float = 70.0,
-                 max_warmup_frames: int = 48, **kwargs):
+                 max_warmup_frames: int = 48, cache_bytes: int = WORLD_CACHE_BYTES, **kwargs):
         super().__init__(*args, **kwargs)
         self.num_worlds, self.fov_deg = num_worlds, fov_deg
         self.max_warmup_frames = max_warmup_frames
         self._worlds = {}
+        # Items are pure functions of their index and training revisits them every epoch, so
+        # rendered clips are kept (read-only) up to cache_bytes; rendering a 25-frame clip
+        # costs about as much as a tenth of a training step of the tiny world's base model.
+        self._cache, self._cache_left = {}, cache_bytes
 
     def world(self, world_index: int):
         """The world number ``world_index`` (``0 .. num_worlds - 1``), built once."""
@@ -103,13 +109,24 @@ class WorldSource(_ClipSource):
         return self.world(int(self._item_rng(index).integers(self.num_worlds)))
 
     def __getitem__(self, index) -> dict:
+        item = self._cache.get(int(index))
+        if item is None:
+            item = self._render(index)
+            size = sum(v.nbytes for v in item.values())
+            if size <= self._cache_left:
+                for v in item.values():
+                    v.flags.writeable = False
+                self._cache[int(index)], self._cache_left = item, self._cache_left - size
+        return {**item, "text": self._text.copy()}
+
+    def _render(self, index) -> dict:
         rng = self._item_rng(index)
         world = self.world(int(rng.integers(self.num_worlds)))  # the draw world_of repeats
         path = random_walk(world, self.num_frames, int(rng.integers(2 ** 62)), self.video_hw,
                            fov_deg=self.fov_deg,
                            warmup_frames=int(rng.integers(self.max_warmup_frames + 1)))
         return {"video": render_path(world, path.intrinsics, path.c2w, self.video_hw),
-                "intrinsics": path.intrinsics, "c2w": path.c2w, "text": self._text.copy()}
+                "intrinsics": path.intrinsics, "c2w": path.c2w}
 
 
 class PoseSource(_ClipSource):
