@@ -174,8 +174,8 @@ def _per_second_ci95(per_path: list[dict], metric: str) -> np.ndarray:
 
 
 def plot(result: dict, path: str) -> None:
-    """PSNR, SSIM and control following per second, one line per model, shaded over its
-    95% interval across paths."""
+    """PSNR, SSIM, control following, colour distance and sharpness per second, one line per
+    model, shaded over its 95% interval across paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,8 +183,10 @@ def plot(result: dict, path: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
     panels = (("psnr", "PSNR vs the true render (dB)"), ("ssim", "SSIM"),
-              ("control_following", "control following (dB)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(16, 4.2))
+              ("control_following", "control following (dB)"),
+              ("color_distance", "colour distance to the true frames"), ("sharpness", "sharpness (Laplacian var.)"))
+    fig, grid = plt.subplots(2, 3, figsize=(16, 8.4))
+    axes = grid.ravel()
     rows = list(result["models"].items()) + [(REFERENCE, result["reference"]), (BASELINE, result["baseline"])]
     for (metric, label), ax in zip(panels, axes):
         for name, entry in rows:
@@ -203,7 +205,12 @@ def plot(result: dict, path: str) -> None:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    real = np.asarray(result["reference"]["per_second"]["sharpness_real"])
+    axes[4].plot(np.arange(1, len(real) + 1), real, color="black", linestyle=":", label="true render")
+    axes[4].set_yscale("log")
+    handles, labels = axes[4].get_legend_handles_labels()
+    axes[5].legend(handles, labels, fontsize=9, loc="center")
+    axes[5].axis("off")
     fig.suptitle(f"drift vs the true video: mean of {result['paths']} paths, shaded 95% interval")
     fig.tight_layout()
     tmp = path + ".tmp.png"
