@@ -92,8 +92,8 @@ class WorldSource(_ClipSource):
         self.max_warmup_frames = max_warmup_frames
         self._worlds = {}
         # Items are pure functions of their index and training revisits them every epoch, so
-        # rendered clips are kept (read-only) up to cache_bytes; rendering a 25-frame clip
-        # costs about as much as a tenth of a training step of the tiny world's base model.
+        # rendered clips are kept (read-only) up to cache_bytes: ray casting is a real share
+        # of a tiny-world training step.
         self._cache, self._cache_left = {}, cache_bytes
 
     def world(self, world_index: int):
