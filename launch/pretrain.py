@@ -42,7 +42,7 @@ def main(argv):
     workdir = os.path.abspath(_WORKDIR.value)
     with WorkdirLock(workdir, field="--workdir"):
         summaries = run_stages(get_config, workdir, stages=PIPELINE[:last + 1], overrides=overrides)
-        if any(not s.get("finished", True) for s in summaries.values()):
+        if any(not s["finished"] for s in summaries.values()):
             return cli.EXIT_INTERRUPTED
         ship(workdir, stage_config(get_config, "adversarial", workdir, overrides), pieces=pieces,
              command="python -m launch.pretrain " + " ".join(sys.argv[1:]))

@@ -41,7 +41,7 @@ def run_pipeline(get_config: Callable[[str], ConfigDict], workdir: str, *, overr
         t0 = time.perf_counter()
         summaries = run_stages(get_config, workdir, stages=tuple(s for s in PIPELINE if s not in pretrained),
                                overrides=overrides, pretrained=pretrained)
-        if any(not s.get("finished", True) for s in summaries.values()):
+        if any(not s["finished"] for s in summaries.values()):
             return None
         t_train = time.perf_counter() - t0
         models = ",".join(f"{s}={os.path.join(workdir, s)}" for s in eval_stages)

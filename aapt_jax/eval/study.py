@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Callable
 
 from ml_collections import ConfigDict
 
 from aapt_jax.eval.report import evaluate, parse_seconds
-from aapt_jax.io import checkpoint as ckpt
 from aapt_jax.io.files import WorkdirLock, atomic_write_json
-from aapt_jax.train.loop import train
-from aapt_jax.train.pipeline import run_stages, stage_config
+from aapt_jax.train.pipeline import run_stages, stage_config, train_unless_done
 from aapt_jax.train.stages import check_config
 
 CHAIN = ("adapt", "distill")
@@ -58,20 +55,10 @@ def variant_config(get_config: Callable[[str], ConfigDict], variant: str, workdi
     return c
 
 
-def _train_once(config: ConfigDict, run_dir: str, seconds: dict, log) -> bool:
-    """Train (or resume) one run unless its export exists; False when SIGTERM stopped it."""
-    name = os.path.basename(run_dir)
-    if os.path.exists(os.path.join(run_dir, ckpt.EXPORT_DIR, "info.json")):
-        log(f"[study] {name}: already finished in {run_dir}, skipped")
-        return True
-    log(f"[study] {name}: training in {run_dir}")
-    t0 = time.perf_counter()
-    summary = train(config, run_dir)
-    if not summary["finished"]:
-        log(f"[study] {name}: stopped before its last step; rerun to resume")
-        return False
-    seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - t0, 1)
-    return True
+def _add_seconds(times: dict, run: dict) -> None:
+    """A resumed run's wall time adds to the earlier calls' (a skipped run adds nothing)."""
+    if "seconds" in run:
+        times[run["run"]] = round(times.get(run["run"], 0.0) + run["seconds"], 1)
 
 
 def run_study(get_config: Callable[[str], ConfigDict], workdir: str, *, overrides: dict, pretrained: dict,
@@ -98,15 +85,18 @@ def run_study(get_config: Callable[[str], ConfigDict], workdir: str, *, override
             with open(times_path) as f:
                 times = json.load(f)
         chain = run_stages(get_config, workdir, stages=CHAIN, overrides=overrides, pretrained=pretrained)
-        if any(not s.get("finished", True) for s in chain.values()):
-            return None
-        times.update({s: round(v["seconds"], 1) for s, v in chain.items() if "seconds" in v})
+        runs = list(chain.values())
+        for run in runs:
+            _add_seconds(times, run)
         atomic_write_json(times_path, times)
         for v, c in configs.items():
-            finished = _train_once(c, os.path.join(workdir, v), times, print)
-            atomic_write_json(times_path, times)
-            if not finished:
-                return None
+            if not runs[-1]["finished"]:
+                break
+            runs.append(train_unless_done(c, os.path.join(workdir, v), tag="study"))
+            _add_seconds(times, runs[-1])
+            atomic_write_json(times_path, times)  # after every run: a later crash keeps it
+        if not runs[-1]["finished"]:
+            return None
         models = {**{CHAIN_NAMES[s]: os.path.join(workdir, s) for s in CHAIN},
                   **{v: os.path.join(workdir, v) for v in configs}}
         result = evaluate(eval_config, vae=eval_config.vae.checkpoint, seconds=seconds, paths=paths, seed=seed,

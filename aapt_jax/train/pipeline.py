@@ -70,6 +70,26 @@ def pretrained_of(get_config: Callable[[str], ConfigDict], overrides: dict | Non
     return {stage: source for stage, source in section.items() if source}
 
 
+def train_unless_done(config: ConfigDict, run_dir: str, *, log: Callable[[str], None] = print,
+                      tag: str = "pipeline") -> dict:
+    """Train (or resume) one run in ``run_dir`` unless its export already exists.
+
+    Returns ``{"run": basename, "skipped": True, "finished": True, ...}`` for a finished run, else the training
+    summary plus ``seconds`` (this call's wall time); ``finished`` is False when SIGTERM
+    stopped it before its last step (rerun to resume).
+    """
+    name = os.path.basename(os.path.normpath(run_dir))
+    if os.path.exists(os.path.join(run_dir, ckpt.EXPORT_DIR, "info.json")):
+        log(f"[{tag}] {name}: already finished in {run_dir}, skipped")
+        return {"run": name, "stage": config.train.stage, "skipped": True, "finished": True}
+    log(f"[{tag}] {name}: training in {run_dir}")
+    t0 = time.perf_counter()
+    summary = train(config, run_dir)
+    if not summary["finished"]:
+        log(f"[{tag}] {name}: stopped before its last step; rerun to resume")
+    return dict(summary, run=name, seconds=time.perf_counter() - t0)
+
+
 def run_stages(get_config: Callable[[str], ConfigDict], workdir: str, *, stages=PIPELINE,
                overrides: dict | None = None, pretrained: dict | None = None,
                log: Callable[[str], None] = print) -> dict:
@@ -87,16 +107,7 @@ def run_stages(get_config: Callable[[str], ConfigDict], workdir: str, *, stages=
         check_config(c)
     summaries = {}
     for s in stages:
-        run_dir = os.path.join(workdir, s)
-        if os.path.exists(os.path.join(run_dir, ckpt.EXPORT_DIR, "info.json")):
-            log(f"[pipeline] {s}: already finished in {run_dir}, skipped")
-            summaries[s] = {"stage": s, "skipped": True}
-            continue
-        log(f"[pipeline] {s}: training in {run_dir}")
-        t0 = time.perf_counter()
-        summary = train(configs[s], run_dir)
-        summaries[s] = dict(summary, seconds=time.perf_counter() - t0)
-        if not summary["finished"]:
-            log(f"[pipeline] {s}: stopped before its last step; rerun to resume")
+        summaries[s] = train_unless_done(configs[s], os.path.join(workdir, s), log=log, tag="pipeline")
+        if not summaries[s]["finished"]:
             break
     return summaries
