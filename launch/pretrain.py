@@ -2,7 +2,7 @@
 
 Trains the chain from scratch in ``WORKDIR/<stage>`` (the VAE, the stage 0 base model and,
 for the ``aapt`` piece, stages 1-3), resumable like ``launch.pipeline``, then converts the
-``--pieces`` into ``aapt_jax/weights/tiny_world/`` (fp32 safetensors + config, the folders
+``--pieces`` into ``aapt_jax/weights/tiny_world/`` (bf16 generators, fp32 VAE, + config: the folders
 ``launch.convert`` writes) with their held-out figures in ``figures.json``
 (:mod:`aapt_jax.eval.shipped`). The weights folder is replaced only once everything new is
 written and measured.

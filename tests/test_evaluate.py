@@ -173,3 +173,22 @@ def test_frame_strip_moments():
     assert strip_indices(24, 1 + 4 * 360) == [(0, 0), (1, 24), (2, 48), (5, 120), (10, 240), (30, 720), (60, 1440)]
     assert strip_indices(24, 100) == [(0, 0), (1, 24), (2, 48), (99 / 24, 99)]  # the last frame ends the strip
     assert strip_indices(24, 1 + 4 * 1800)[-1] == (300, 7200)
+
+
+def test_markdown_table_prints_intervals_only_with_two_paths_or_more():
+    from aapt_jax.eval.report import PAIRED, markdown_table
+
+    figures = dict(psnr_mean=12.0, psnr_last=11.0, ssim_mean=0.2, control_following_mean=0.5,
+                   sharpness_last=10.0, sharpness_real_last=20.0, color_distance_last=3.0)
+    entry = dict(stage="adapt", horizons={"10": figures}, ci95={"10": {k: 0.25 for k in figures}})
+
+    def table(paths):
+        return markdown_table(dict(models={"s1": entry, "cd": dict(entry, stage="distill")}, reference=entry,
+                                   baseline=entry, paths=paths, seed=1, worlds="heldout", video_hw=[64, 64], fps=24,
+                                   paired={"s1 - cd": {"10": {f: (0.5, 0.25) for f in PAIRED}}}))
+
+    one, two = table(1), table(2)
+    assert "| s1 | adapt | 10 | 12.00 | 11.00 | 0.200 | 0.50 |" in one and "±" not in one
+    assert "one path, so no interval" in one and "| s1 - cd | 10 | +0.50 |" in one
+    assert "| s1 | adapt | 10 | 12.00 ± 0.25 | 11.00 ± 0.25 | 0.200 ± 0.250 | 0.50 ± 0.25 |" in two
+    assert "| s1 - cd | 10 | +0.50 ± 0.25 |" in two and "95% interval" in two

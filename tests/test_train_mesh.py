@@ -29,6 +29,8 @@ programs run for milliseconds, and compiling them optimised would cost three tim
 import pytest
 from virtual_devices import run_on_devices, FAST_COMPILE
 
+from configs import get
+
 SCRIPT = r"""
 import json, sys, time
 import jax, jax.numpy as jnp, numpy as np
@@ -44,7 +46,7 @@ assert jax.device_count() == 8, jax.devices()
 STEPS = 3
 MESHES = {"one": dict(devices=jax.devices()[:1]), "data2_fsdp4": dict(data=2, fsdp=4),
           "fsdp2_ctx4": dict(data=1, fsdp=2, context=4)}
-KERNEL = "['blocks'][0]['ffn']['proj_in']['kernel']"   # [embed 96, mlp 256]
+KERNEL = "['blocks'][0]['ffn']['proj_in']['kernel']"   # [embed, mlp]
 
 def config(stage):
     c = get(f"tiny_world:{stage}")
@@ -128,11 +130,13 @@ def test_three_steps_end_with_the_one_device_params(results, stage, mesh):
     assert ref["metrics"][0]["loss"] != ref["metrics"][-1]["loss"]
 
 
-# (rows, columns) of one device's shard of blocks[0].ffn.proj_in.kernel [embed 96, mlp 256]:
+# (rows, columns) of one device's shard of blocks[0].ffn.proj_in.kernel [embed, mlp]:
 # `embed` goes over the ZeRO group fsdp x context (ZeRO-3), or stays whole in it (ZeRO-2,
 # the params); data replicates.
-SPLIT = {"data2_fsdp4": [24, 256], "fsdp2_ctx4": [12, 256]}
-WHOLE = [96, 256]
+_MODEL = get("tiny_world:adapt").model
+EMBED, MLP = _MODEL.num_heads * _MODEL.head_dim, _MODEL.ffn_dim
+SPLIT = {"data2_fsdp4": [EMBED // 4, MLP], "fsdp2_ctx4": [EMBED // 8, MLP]}
+WHOLE = [EMBED, MLP]
 
 
 @pytest.mark.parametrize("mesh", MESHES)

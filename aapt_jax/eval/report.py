@@ -143,27 +143,35 @@ def markdown_table(result: dict) -> str:
              "mean (dB) | sharpness last (gen / real) | colour distance last |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     rows = list(result["models"].items()) + [(REFERENCE, result["reference"]), (BASELINE, result["baseline"])]
+    one = result["paths"] < 2  # one path has no interval: the value alone, not "± 0.00"
+
+    def pm(m, c, fmt=".2f", sign=""):
+        return f"{m:{sign}{fmt}}" + ("" if one else f" ± {c:{fmt}}")
+
     for name, entry in rows:
         for h, s in entry["horizons"].items():
             ci = entry["ci95"][h]
-            lines.append(f"| {name} | {entry['stage']} | {h} | {s['psnr_mean']:.2f} ± {ci['psnr_mean']:.2f} | "
-                         f"{s['psnr_last']:.2f} ± {ci['psnr_last']:.2f} | {s['ssim_mean']:.3f} ± {ci['ssim_mean']:.3f} | "
-                         f"{s['control_following_mean']:.2f} ± {ci['control_following_mean']:.2f} | "
+            lines.append(f"| {name} | {entry['stage']} | {h} | {pm(s['psnr_mean'], ci['psnr_mean'])} | "
+                         f"{pm(s['psnr_last'], ci['psnr_last'])} | {pm(s['ssim_mean'], ci['ssim_mean'], '.3f')} | "
+                         f"{pm(s['control_following_mean'], ci['control_following_mean'])} | "
                          f"{s['sharpness_last']:.1f} / {s['sharpness_real_last']:.1f} | "
-                         f"{s['color_distance_last']:.2f} ± {ci['color_distance_last']:.2f} |")
+                         f"{pm(s['color_distance_last'], ci['color_distance_last'])} |")
+    spread = ("one path, so no interval (two or more paths give one)" if one else
+              "mean over paths ± the half width of its 95% interval (Student t)")
     note = (f"\n{result['paths']} camera paths (seed {result['seed']}, {result['worlds']} worlds), "
-            f"{result['video_hw'][0]}x{result['video_hw'][1]} at {result['fps']} fps; mean over paths ± the half "
-            f"width of its 95% interval (Student t); 'last' is the horizon's last second, 'mean' seconds 1..H. "
+            f"{result['video_hw'][0]}x{result['video_hw'][1]} at {result['fps']} fps; {spread}; "
+            f"'last' is the horizon's last second, 'mean' seconds 1..H. "
             f"Control following: PSNR against the path's own render minus PSNR against a walk branched from "
             f"the same first frame. Colour distance: per-channel 1-D Wasserstein distance (intensity levels) to "
             f"the real second's pixels. `{REFERENCE}`: the true video through the VAE (the best a generator in "
             f"this latent space can do); `{BASELINE}`: the true first frame held still.\n")
-    pairs = ["", "Paired differences (same paths and noise; mean ± 95% interval of the per-path difference):", "",
+    pairs = ["", "Paired differences (same paths and noise; "
+             + ("one path" if one else "mean ± 95% interval of the per-path difference") + "):", "",
              "| models | horizon (s) | " + " | ".join(f"Δ {f}" for f in PAIRED) + " |",
              "| --- | ---: |" + " ---: |" * len(PAIRED)]
     for pair, by_h in result["paired"].items():
         for h, figs in by_h.items():
-            pairs.append(f"| {pair} | {h} | " + " | ".join(f"{m:+.2f} ± {c:.2f}" for m, c in
+            pairs.append(f"| {pair} | {h} | " + " | ".join(pm(m, c, sign="+") for m, c in
                                                             (figs[f] for f in PAIRED)) + " |")
     return "\n".join(lines) + "\n" + note + ("\n".join(pairs) + "\n" if result["paired"] else "")
 

@@ -1,7 +1,7 @@
 """The built-in weights: made from a finished pipeline workdir, and checked against their figures.
 
 :func:`ship` converts a pipeline's VAE, stage 0 base model and stage 3 generator with
-``launch.convert``'s converter (fp32 safetensors plus config, the folders PyTorch users
+``launch.convert``'s converter (bf16 transformer safetensors, fp32 VAE, plus config: the folders PyTorch users
 load too) into ``aapt_jax/weights/WORLD/{vae,base,aapt}``, measures each one's held-out
 figure with the converted files, the way a user loads them, and records the figures in
 ``figures.json``. :func:`check` measures them again: the tests call it on the shipped
@@ -24,6 +24,9 @@ from aapt_jax.io.vae_source import load_vae
 
 # Shipped piece -> (the pipeline stage it comes from, what the converter writes of it).
 PIECES = {"vae": ("vae", "vae"), "base": ("base", "generator"), "aapt": ("adversarial", "generator")}
+# Generators ship in bf16 (the tensors the model keeps in fp32 stay fp32), as Wan's weights are
+# published: half the bytes, and the recorded figures are measured on these files.
+GENERATOR_DTYPE = "bfloat16"
 # Shipped weights are split into files of at most 4 MiB: the repository holds them, and no
 # single blob in it should be large.
 SHARD_BYTES = 4 << 20
@@ -83,7 +86,7 @@ def ship(workdir: str, config, *, world: str = "tiny_world", pieces=tuple(PIECES
             stage, what = PIECES[piece]
             log(f"[ship] {piece}: converting {os.path.join(workdir, stage)}")
             scratch = os.path.join(staging, f".{piece}")
-            convert(os.path.join(workdir, stage), scratch, dtype="float32", what=(what,),
+            convert(os.path.join(workdir, stage), scratch, dtype=GENERATOR_DTYPE, what=(what,),
                     vae=os.path.join(workdir, "vae"), max_shard_bytes=SHARD_BYTES)
             # The VAE piece is the converter's diffusers VAE folder; a generator piece is the
             # converter's folder itself (aapt.json + transformer/).
