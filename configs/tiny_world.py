@@ -19,7 +19,7 @@ from configs import tiny
 # Per stage: steps, learning rate (the paper's 1e-5 AdamW is for an 8B model at batch 256;
 # a 2M-parameter model on CPU needs larger steps to move in minutes). Stages 1-3 are the
 # README's main job, which must finish in 20 minutes on a 2-core CPU: alone, stage 1 runs at
-# ~2.8 steps/s, stage 2 at ~2.2 and stage 3 at ~0.6 (1500 / 400 / 300 took 21.7 minutes
+# ~2.7 steps/s, stage 2 at ~2.2 and stage 3 at ~0.6 (1500 / 400 / 300 took 21.7 minutes
 # with the drift report).
 STAGE_DEFAULTS = {
     # The shipped VAE's recipe (``python -m launch.pretrain``): clips of 1 + 6 latent frames

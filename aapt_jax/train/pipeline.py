@@ -74,9 +74,9 @@ def train_unless_done(config: ConfigDict, run_dir: str, *, log: Callable[[str], 
                       tag: str = "pipeline") -> dict:
     """Train (or resume) one run in ``run_dir`` unless its export already exists.
 
-    Returns ``{"run": basename, "skipped": True, "finished": True, ...}`` for a finished run, else the training
-    summary plus ``seconds`` (this call's wall time); ``finished`` is False when SIGTERM
-    stopped it before its last step (rerun to resume).
+    Returns ``{"run": basename, "skipped": True, "finished": True, ...}`` for a finished
+    run, else the training summary plus ``run`` and ``seconds`` (this call's wall time);
+    ``finished`` is False when SIGTERM stopped it before its last step (rerun to resume).
     """
     name = os.path.basename(os.path.normpath(run_dir))
     if os.path.exists(os.path.join(run_dir, ckpt.EXPORT_DIR, "info.json")):
