@@ -111,3 +111,27 @@ def test_rmsprop_is_pytorchs(scale):
     moved = np.abs(tp.detach().numpy() - p0).max()
     assert moved > 10 * lr  # steps of ~lr each, whatever the gradient's scale
     np.testing.assert_allclose(np.asarray(params), tp.detach().numpy(), rtol=0, atol=1e-6)
+
+
+def test_disc_warmup_holds_the_generator_then_releases_it():
+    from aapt_jax.train.config import TrainConfig
+    from aapt_jax.train.optim import make_adversarial_optimizer
+
+    tc = TrainConfig(stage="adversarial", optimizer="rmsprop", lr=1e-3, disc_lr=2e-3, weight_decay=0.0,
+                     grad_clip=0.0, warmup_steps=2, disc_warmup=3)
+    tx, schedule = make_adversarial_optimizer(tc)
+    params = {"generator": jnp.zeros(4), "discriminator": jnp.zeros(4)}
+    grads = {"generator": jnp.ones(4), "discriminator": jnp.ones(4)}
+    state, moved = tx.init(params), []
+    for _ in range(6):
+        updates, state = tx.update(grads, state, params)
+        new = optax.apply_updates(params, updates)
+        moved.append((float(jnp.abs(new["generator"] - params["generator"]).max()),
+                      float(jnp.abs(new["discriminator"] - params["discriminator"]).max())))
+        params = new
+    assert [g for g, _ in moved[:4]] == [0.0] * 4  # 3 held updates, then the warmup's first (rate 0)
+    assert all(d > 0 for _, d in moved[1:])  # the discriminator learns from its warmup's second update
+    assert moved[4][0] > 0 and moved[5][0] > 0
+    assert [float(schedule(i)) for i in (0, 2, 3, 4, 5)] == pytest.approx([0.0, 0.0, 0.0, 5e-4, 1e-3])
+    with pytest.raises(ValueError, match="disc_warmup"):
+        TrainConfig(disc_warmup=-1)

@@ -77,6 +77,10 @@ class TrainConfig:
     disc_layers: tuple[int, ...] = (-3, -1)
     disc_head_dim: int = 64
     disc_lr: float = 0.0
+    # Updates at the start of stage 3 that train the discriminator alone (the generator's rate
+    # is 0, then warms up over warmup_steps): its logit heads start random, and the gradient
+    # they send the generator before they separate anything is noise.
+    disc_warmup: int = 0
     rms_decay: float = 0.9
     max_logit: float = 1e3
     # How each player's params, gradients and optimizer state sit on the mesh's fsdp axis
@@ -94,7 +98,7 @@ class TrainConfig:
                      "sample_steps", "disc_head_dim"):
             _need(name, getattr(self, name) >= 1, "a positive int", getattr(self, name))
         for name in ("seed", "warmup_steps", "restore_step", "sample_every", "segment_frames", "overlap",
-                     "extensions"):
+                     "extensions", "disc_warmup"):
             _need(name, getattr(self, name) >= 0, "an int >= 0", getattr(self, name))
         for name in ("weight_decay", "grad_clip", "kl_weight", "disc_lr"):
             _need(name, getattr(self, name) >= 0, "a finite float >= 0", getattr(self, name))

@@ -20,9 +20,11 @@ COSINE_FINAL = 0.05
 
 def make_optimizer(name: str, lr: float, *, weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
                    rms_decay: float = 0.9, grad_clip: float | None = 1.0, warmup_steps: int = 0,
-                   decay_steps: int = 0):
+                   decay_steps: int = 0, hold_steps: int = 0):
     """``(transform, lr schedule)``: linear warmup over ``warmup_steps``, then constant, or with
-    ``decay_steps > 0`` a cosine decay to ``COSINE_FINAL * lr`` at step ``decay_steps``."""
+    ``decay_steps > 0`` a cosine decay to ``COSINE_FINAL * lr`` at step ``decay_steps``.
+    ``hold_steps > 0`` first keeps the rate at 0 for that many steps (the schedule starts
+    after them; the optimizer's statistics still accumulate)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"train.optimizer: expected one of {OPTIMIZERS}, got {name!r}")
     if not lr > 0:
@@ -34,6 +36,8 @@ def make_optimizer(name: str, lr: float, *, weight_decay: float = 0.0, b1: float
         schedule = optax.linear_schedule(0.0, lr, warmup_steps)
     else:
         schedule = optax.constant_schedule(lr)
+    if hold_steps:
+        schedule = optax.join_schedules([optax.constant_schedule(0.0), schedule], [hold_steps])
     if name == "adamw":
         opt = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay)
     else:
@@ -46,9 +50,10 @@ def make_adversarial_optimizer(tc):
     """Separate RMSProp (alpha = train.rms_decay) for ``params['generator']`` and
     ``params['discriminator']``, each with its own clipping, so one player's gradient
     scale never throttles the other's. lr: ``train.lr`` (generator), ``train.disc_lr``
-    (discriminator; 0 = the same). Returns (transform, the generator's lr schedule)."""
+    (discriminator; 0 = the same); the generator's rate is 0 for the first ``train.disc_warmup``
+    updates. Returns (transform, the generator's lr schedule)."""
     g, schedule = make_optimizer(tc.optimizer, tc.lr, weight_decay=tc.weight_decay, rms_decay=tc.rms_decay,
-                                 grad_clip=tc.grad_clip, warmup_steps=tc.warmup_steps)
+                                 grad_clip=tc.grad_clip, warmup_steps=tc.warmup_steps, hold_steps=tc.disc_warmup)
     d, _ = make_optimizer(tc.optimizer, tc.disc_lr or tc.lr, weight_decay=tc.weight_decay, rms_decay=tc.rms_decay,
                           grad_clip=tc.grad_clip, warmup_steps=tc.warmup_steps)
     labels = lambda params: {k: k for k in params}  # noqa: E731
