@@ -19,7 +19,7 @@ from configs import tiny
 # Per stage: steps, learning rate (the paper's 1e-5 AdamW is for an 8B model at batch 256;
 # a 2M-parameter model on CPU needs larger steps to move in minutes). Stages 1-3 are the
 # README's main job, which must finish in 20 minutes on a 2-core CPU: alone, stage 1 runs at
-# ~2.7 steps/s, stage 2 at ~2.2 and stage 3 at ~0.6 (1500 / 250 / 200 took 18.2 minutes
+# ~2.7 steps/s, stage 2 at ~2.1 and stage 3 at ~0.6 (1500 / 250 / 200 took 17.4 minutes
 # with the drift report).
 STAGE_DEFAULTS = {
     # The shipped VAE's recipe (``python -m launch.pretrain``): clips of 1 + 6 latent frames
@@ -40,8 +40,8 @@ STAGE_DEFAULTS = {
     # of eps at t = 0.3-0.6 on held-out walks), and consistency training carries that residue up
     # the grid to t = 1: within a few hundred steps at batch 2 the one-step frame turns to latent
     # noise (0.15-0.2 of eps), and a finer grid or a longer run carries more. On 4 held-out walks,
-    # seconds 1-5, 250 steps: 32 steps at lr 2e-4 12.0 dB, 32 at 5e-5 12.9, 8 at 5e-5 13.3,
-    # 4 at 5e-5 13.6 (stage 1 in one step: 14.0; the copied first frame: 11.7).
+    # seconds 1-5: 32 steps at lr 2e-4 (400 steps) 12.0 dB; 250 steps: 32 at 5e-5 12.9, 8 at
+    # 5e-5 13.3, 4 at 5e-5 13.6 (stage 1 in one step: 14.0; the copied first frame: 11.7).
     "distill": dict(steps=250, lr=5e-5, optimizer="adamw", weight_decay=0.01, shift=3.0, distill_steps=4),
     # Stage 3: RMSProp (alpha 0.9) as in the paper, no gradient clipping (the paper states
     # none, and RMSProp's per-weight normalisation already bounds the step); 8 generated
