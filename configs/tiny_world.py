@@ -58,7 +58,8 @@ STAGE_DEFAULTS = {
     # Long-video training (paper 2.2): 7 extension segments overlapping by 2 frames,
     # 1 + 8 + 7 x 6 = 51 latent frames (8.5 s) against the window of 4 (0.67 s), the paper's
     # ratio (60 s of training video, a 5 s window); continues from 'adversarial'. An update
-    # rolls out 50 frames and takes ~20 s alone on the 2-core CPU, so 100 updates (~35 min).
+    # rolls out 50 frames and takes ~25 s on the 2-core CPU: 100 updates took 46 minutes in the
+    # drift study (docs/results.md).
     "adversarial_long": dict(stage="adversarial", steps=100, lr=5e-5, disc_lr=5e-4, r_lambda=100.0,
                              optimizer="rmsprop", weight_decay=0.0, grad_clip=0.0, latent_frames=8, extensions=7),
 }
