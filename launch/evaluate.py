@@ -25,6 +25,10 @@ Seconds are counted at ``config.video.fps`` after the given first frame (a secon
 * ``frames.png``: the first path's true render and each model's video at 0, 1, 2, 5, 10, 30,
   60 and 300 s (those within the video) and its last frame.
 * ``<model>_path0.mp4``: real | generated, side by side, of the first path.
+* ``rollouts/``: each model's report on each path as it finishes (and the reference's),
+  keyed by the weights' fingerprint, the sampler and the path: a rerun into the same
+  ``--out`` reads what is still valid and streams only the rest, so a stopped evaluation
+  resumes and a model added later streams alone (:mod:`aapt_jax.eval.rollout_cache`).
 
 Every flag is checked, and every export's info read, before anything compiles.
 """

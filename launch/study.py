@@ -7,7 +7,8 @@ stages 1 and 2 and the stage 3 variants (teacher forcing, student forcing, stude
 paths for the longest of ``--seconds`` and writes the report to ``WORKDIR/report``
 (``drift.md`` with 95% intervals and paired differences, ``drift.json``, ``drift.png``,
 ``frames.png``, mp4s) and a summary with each run's wall time to ``WORKDIR/study.json``.
-Rerunning resumes; the workdir is locked while it runs.
+Rerunning resumes: finished runs are skipped and finished rollouts read back
+(``WORKDIR/report/rollouts``); the workdir is locked while it runs.
 
     python -m launch.study --workdir=runs/study                       # 8 paths, 10 s / 60 s / 5 min
     python -m launch.study --workdir=/tmp/s --config.train.steps=2 --paths=2 --seconds=1  # smoke run

@@ -99,6 +99,45 @@ def test_evaluate_end_to_end_writes_report(exports, tmp_path):
     assert (out / "s1_path0.mp4").exists()
 
 
+def test_rerun_reads_finished_rollouts_and_streams_only_what_changed(exports, tmp_path, monkeypatch):
+    """A stopped long evaluation resumes: every finished (path, model) rollout is kept in
+    ``out/rollouts`` and read back while its weights, sampler and path are unchanged."""
+    from aapt_jax.eval import report
+
+    config = _config()
+    args = dict(vae=str(exports / "vae"), seconds="1", paths=2, seed=5, out=str(tmp_path / "o"))
+    first = report.evaluate(config, models=f"s1={exports / 'adapt'},cd={exports / 'distill'}", **args)
+    streamed = []
+    real_call = report.DriftRollout.__call__
+
+    def counting_call(self, gen, path, text, key):
+        streamed.append(os.path.basename(gen.workdir))
+        return real_call(self, gen, path, text, key)
+
+    def no_render(*a, **k):
+        raise AssertionError("rendered a path whose rollouts were all kept")
+
+    monkeypatch.setattr(report.DriftRollout, "__call__", counting_call)
+    with monkeypatch.context() as m:
+        m.setattr(report, "eval_path", no_render)
+        again = report.evaluate(config, models=f"s1={exports / 'adapt'},cd={exports / 'distill'}", **args)
+    assert streamed == []
+    for name in ("s1", "cd"):
+        assert again["models"][name]["per_path"] == first["models"][name]["per_path"]
+        assert again["models"][name]["rollout_seconds"] == first["models"][name]["rollout_seconds"]
+    assert again["reference"]["per_path"] == first["reference"]["per_path"]
+    # Other weights under the name 'cd': only cd streams, on both paths; s1 is read back.
+    changed = report.evaluate(config, models=f"s1={exports / 'adapt'},cd={exports / 'adapt'}", **args)
+    assert streamed == ["adapt", "adapt"]
+    assert changed["models"]["s1"]["per_path"] == first["models"]["s1"]["per_path"]
+    # Same weights as s1 (same sampler, paths and noise): the same video, so the same figures.
+    assert changed["models"]["cd"]["per_path"] == first["models"]["s1"]["per_path"]
+    # A longer horizon is other paths (more latent frames): everything streams again.
+    streamed.clear()
+    report.evaluate(config, models=f"s1={exports / 'adapt'}", **{**args, "seconds": "2"})
+    assert streamed == ["adapt", "adapt"]
+
+
 def test_path_report_control_following_per_second():
     from aapt_jax.eval.report import _path_report
 

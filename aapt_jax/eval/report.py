@@ -4,6 +4,7 @@ command line and the files written)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from aapt_jax.data.sources import clip_text
 from aapt_jax.eval.drift import METRICS, drift_report, psnr, second_bounds
 from aapt_jax.eval.rollout import (WORLDS, DriftRollout, check_generator_export, eval_path,
                                    load_generator_export, sampler_of_stage, vae_reconstruction)
+from aapt_jax.eval.rollout_cache import RolloutCache, weights_fingerprint
 from aapt_jax.eval.world_figures import copy_first_frame, mean_ci95
 from aapt_jax.io import builtin
 from aapt_jax.io.vae_source import load_vae
@@ -288,7 +290,7 @@ def evaluate(config: ConfigDict, *, vae: str, models: str, seconds: str, paths: 
     generators = {name: load_generator_export(workdir, config, field=f"--models ({name})")
                   for name, (workdir, *_) in args["models"].items()}
     os.makedirs(out, exist_ok=True)
-    rolled = _roll_out(config, vae_bundle, generators, K=K, paths=paths, seed=seed, worlds=worlds, out=out)
+    rolled = _roll_out(config, vae_bundle, generators, vae=vae, K=K, paths=paths, seed=seed, worlds=worlds, out=out)
 
     def entry(stage, sampler, per_path):
         per_second = _mean_over_paths(per_path)
@@ -322,39 +324,69 @@ def _path_report(generated, real, other, fps: float) -> dict:
     return report
 
 
-def _roll_out(config, vae_bundle, generators: dict, *, K: int, paths: int, seed: int, worlds: str, out: str) -> dict:
+def _roll_out(config, vae_bundle, generators: dict, *, vae: str, K: int, paths: int, seed: int, worlds: str,
+              out: str) -> dict:
     """Every generator along every path (the same key per path for every model): per-path
     reports of the models, the VAE reconstruction and the copied first frame, rollout wall
-    times, path 0's videos (mp4 and the frame strip's rows)."""
+    times, path 0's videos (mp4 and the frame strip's rows). Each finished rollout is kept in
+    ``out/rollouts`` (:mod:`aapt_jax.eval.rollout_cache`) and read back by a rerun whose
+    weights, sampler and paths are the same."""
     fps = config.video.fps
     runner = DriftRollout(config, vae_bundle)
     text = clip_text(config)
+    cache = RolloutCache(out)
     reports = {name: [] for name in generators}
     reference, baseline, rollout_seconds = [], [], {name: [] for name in generators}
     # Path 0's true render and each model's video at a few moments, for frames.png.
     moments = strip_indices(fps, 1 + config.video.vae_temporal * K)
     strip, at = {}, [index for _, index in moments]
+    common = {"video": config.video.to_dict(), "control": config.control.to_dict(), "latent_frames": K,
+              "seed": seed, "worlds": worlds, "vae": weights_fingerprint(vae),
+              "text": hashlib.sha256(np.ascontiguousarray(text, np.float32).tobytes()).hexdigest()}
+    weights = {name: weights_fingerprint(gen.workdir) for name, gen in generators.items()}
+    sampler = {"num_steps": runner.num_steps, "shift": runner.shift}
     bar = tqdm(total=len(generators) * paths, desc="models x paths", unit="rollout")
     for i in range(paths):
-        path = eval_path(config, i, latent_frames=K, seed=seed, worlds=worlds)
-        other = eval_path(config, i, latent_frames=K, seed=seed, worlds=worlds, branch_seed=i + 1).video
-        reference.append(_path_report(vae_reconstruction(vae_bundle, path.video), path.video, other, fps))
-        baseline.append(_path_report(copy_first_frame(path.video), path.video, other, fps))
+        first = i == 0
+        truth_key = {**common, "path": i}
+        keys = {name: {**truth_key, "weights": weights[name], "stage": gen.stage, **sampler}
+                for name, gen in generators.items()}
+        truth = cache.get(i, None, truth_key, want_strip=first)
+        done = {name: cache.get(i, name, keys[name], want_strip=first) for name in generators}
+        if first:  # the mp4s are path 0's: stream again where one is missing
+            done = {n: d if os.path.exists(os.path.join(out, f"{n}_path0.mp4")) else None for n, d in done.items()}
+        path = other = None
+        if truth is None or None in done.values():
+            path = eval_path(config, i, latent_frames=K, seed=seed, worlds=worlds)
+            other = eval_path(config, i, latent_frames=K, seed=seed, worlds=worlds, branch_seed=i + 1).video
+        if truth is None:
+            value = {"reference": _path_report(vae_reconstruction(vae_bundle, path.video), path.video, other, fps),
+                     "baseline": _path_report(copy_first_frame(path.video), path.video, other, fps)}
+            truth = value, path.video[at] if first else None
+            cache.put(i, None, truth_key, *truth)
+        reference.append(truth[0]["reference"])
+        baseline.append(truth[0]["baseline"])
+        if first:
+            strip["true render"] = truth[1]
         key = jax.random.fold_in(jax.random.key(seed), i)
         for name, gen in generators.items():
-            t0 = time.perf_counter()
-            generated, real = runner(gen, path, text, key)
-            rollout_seconds[name].append(time.perf_counter() - t0)
-            reports[name].append(_path_report(generated, real, other, fps))
-            if i == 0:
-                write_mp4(os.path.join(out, f"{name}_path0.mp4"), np.concatenate([real, generated], axis=2), fps=fps)
-                strip.setdefault("true render", real[at])
-                strip[f"{name} ({gen.stage})"] = generated[at]
+            if done[name] is None:
+                t0 = time.perf_counter()
+                generated, real = runner(gen, path, text, key)
+                value = {"report": _path_report(generated, real, other, fps), "seconds": time.perf_counter() - t0}
+                if first:
+                    write_mp4(os.path.join(out, f"{name}_path0.mp4"), np.concatenate([real, generated], axis=2),
+                              fps=fps)
+                done[name] = value, generated[at] if first else None
+                cache.put(i, name, keys[name], *done[name])
+            reports[name].append(done[name][0]["report"])
+            rollout_seconds[name].append(done[name][0]["seconds"])
+            if first:
+                strip[f"{name} ({gen.stage})"] = done[name][1]
             bar.update(1)
     bar.close()
     return {"reports": reports, "reference": reference, "baseline": baseline, "rollout_seconds": rollout_seconds,
-            "strip": strip, "moments": moments,
-            "multistep_sampler": {"num_steps": runner.num_steps, "shift": runner.shift}}
+            "strip": strip, "moments": moments, "multistep_sampler": sampler}
 
 
 def _write_outputs(out: str, result: dict, strip: dict, moments: list) -> None:
