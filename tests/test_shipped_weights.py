@@ -74,3 +74,28 @@ def test_sampling_defaults_to_the_worlds_shipped_pieces(tmp_path, monkeypatch):
     assert builtin.sources(config)[1] == "runs/vae2"
     config.name = "tiny"
     assert builtin.sources(config)[0] == ""
+
+
+def test_teacher_forced_control_figure_separates_using_the_camera_from_ignoring_it(monkeypatch):
+    """The shipped generator's frames from true context move with their camera (the figure is
+    positive); the same weights with the camera's input weights zeroed score exactly 0."""
+    import dataclasses
+
+    import numpy as np
+
+    from aapt_jax.eval import world_figures as wf
+
+    config = tiny_world.get_config("adversarial")
+    vae = load_vae(config.vae.preset, f"builtin:{WORLD}/vae")
+    source = f"builtin:{WORLD}/aapt"
+    uses = wf.teacher_forced_following(config, vae, source, paths=2, seconds=(1.0, 2.0))
+    assert min(uses) > 0.1, uses  # 0.28 and 0.48 dB when written
+    gen = wf.load_generator_export(source, config, field="generator")
+    kernel = np.array(gen.params["patch_embedding"]["kernel"])
+    channels = gen.cfg.in_channels  # noise + recycled + control, innermost in a patch vector
+    rows = np.arange(kernel.shape[0]) % channels >= channels - gen.cfg.control_channels
+    kernel[rows] = 0
+    deaf = dataclasses.replace(gen, params={**gen.params, "patch_embedding": {**gen.params["patch_embedding"],
+                                                                             "kernel": kernel}}, _compiled={})
+    monkeypatch.setattr(wf, "load_generator_export", lambda *a, **k: deaf)
+    assert wf.teacher_forced_following(config, vae, source, paths=2, seconds=(1.0, 2.0)) == [0.0, 0.0]

@@ -7,6 +7,9 @@ Names (mean over paths, ``ci95`` the 95% interval half width, ``per_path`` the v
   copy_first_frame_psnr_s1_5_db  baseline: the true first frame repeated, same seconds
   control_following_db           PSNR(generated, own walk's render) - PSNR(generated, the render
                                  of a walk branched from the same first frame), seconds 1-5
+  control_teacher_forced_db      the generator's frames predicted from the TRUE previous frames:
+                                 own camera minus the branched walk's camera, PSNR on the own
+                                 render, seconds 1-5 (uses the camera at all, apart from drift?)
 
 Held-out walks are in worlds of a data seed no training run uses
 (:data:`~aapt_jax.eval.world_figures.HELDOUT_SEED`): neither the places nor the walks were
@@ -46,3 +49,5 @@ def run(named: Named, quick: bool = False) -> Iterator[dict]:
     yield wf.summarize("generator_psnr_s1_5_db", held["generator"], **context)
     yield wf.summarize("copy_first_frame_psnr_s1_5_db", held["copy_first_frame"], **context)
     yield wf.summarize("control_following_db", held["control_following"], **context)
+    yield wf.summarize("control_teacher_forced_db",
+                       wf.teacher_forced_following(config, vae, GENERATOR, paths=paths, seconds=seconds), **context)

@@ -9,7 +9,12 @@ The world renders exactly along any camera path, so three questions have exact a
 * whether the generator follows the camera (``control_following_db``): PSNR against the
   render of its own path minus PSNR against the render of another path that leaves the
   same first frame along other actions (``random_walk(branch_seed=...)``). A generator that
-  ignores its controls is as close to one as to the other and scores about 0 dB.
+  ignores its controls is as close to one as to the other and scores about 0 dB;
+* whether it uses the camera at all, apart from drift (``control_teacher_forced_db``): its
+  frames predicted from the TRUE previous frames with the path's own camera, against the
+  same with the branched walk's camera, both scored on the own render. A generator that
+  keeps its camera only until its own errors take over scores well above 0 here and near 0
+  on ``control_following_db``; one that ignores the camera scores exactly 0 on both.
 
 Every figure is a mean over paths with a 95% interval (Student t over the per-path values),
 so two models are distinguishable only where their intervals say so.
@@ -31,6 +36,7 @@ from aapt_jax.eval.rollout import (DriftRollout, decode_stream, encode_stream, e
                                    load_generator_export, vae_reconstruction)
 from aapt_jax.io.generator_source import load_generator
 from aapt_jax.model import flow
+from aapt_jax.sample.streaming import replay_frames
 from aapt_jax.model.dit import abstract_model
 
 # Two-sided 95% Student t quantiles for 1 .. 30 degrees of freedom (n - 1 paths); past the
@@ -153,4 +159,40 @@ def generator_heldout(config, vae, generator_source: str, *, paths: int, seconds
         out["generator"].append(window_psnr(generated, real, fps, seconds))
         out["copy_first_frame"].append(window_psnr(copy_first_frame(real), real, fps, seconds))
         out["control_following"].append(control_following(generated, real, other, fps, seconds))
+    return out
+
+
+def teacher_forced_following(config, vae, generator_source: str, *, paths: int,
+                             seconds: tuple[float, float]) -> list[float]:
+    """Per path, over ``seconds`` (dB): PSNR against the true render of the one-step frames
+    predicted from the true previous latent frames with the path's own camera, minus the
+    same with the camera of the walk branched from its first frame (the same noise). One
+    block-causal pass each (:func:`aapt_jax.sample.streaming.replay_frames`, what a stream
+    computes when every recycled frame is the true one); one-step generators only."""
+    k = _latent_frames(config, seconds[1])
+    generator = load_generator_export(generator_source, config, field="generator")
+    if generator.sampler != "onestep":
+        raise ValueError(f"generator: expected a one-step generator (stage distill or adversarial), got "
+                         f"{generator_source} of stage {generator.stage!r}")
+    runner = DriftRollout(config, vae)
+    text = clip_text(config)
+    graphdef, fps = generator.graphdef, config.video.fps
+
+    @jax.jit
+    def predict(params, latents, text, controls, noise):
+        return replay_frames(nnx.merge(graphdef, params), None, latents[:, :1], noise, latents[:, 1:], controls, text)
+
+    out = []
+    for i in range(paths):
+        path = eval_path(config, i, latent_frames=k, seed=HELDOUT_SEED)
+        branch = eval_path(config, i, latent_frames=k, seed=HELDOUT_SEED, branch_seed=i + 1)
+        latents = encode_stream(vae, path.video)
+        _, text_b, own = runner.inputs(path, text)
+        other = runner.inputs(branch, text)[2]
+        noise = jax.random.normal(jax.random.fold_in(jax.random.key(HELDOUT_SEED), i), latents[:, 1:].shape)
+        first = np.asarray(latents[:, :1])
+        videos = [decode_stream(vae, np.concatenate([first, np.asarray(predict(generator.params, latents, text_b,
+                                                                                c, noise))], axis=1))
+                  for c in (own, other)]
+        out.append(window_psnr(videos[0], path.video, fps, seconds) - window_psnr(videos[1], path.video, fps, seconds))
     return out
