@@ -324,6 +324,17 @@ def _path_report(generated, real, other, fps: float) -> dict:
     return report
 
 
+def _cache_keys(config, runner, generators: dict, *, vae: str, K: int, seed: int, worlds: str, text):
+    """``keys(i, name)``: what decides path ``i``'s entry of model ``name`` (None: the
+    reference's) in the :class:`~aapt_jax.eval.rollout_cache.RolloutCache`."""
+    common = {"video": config.video.to_dict(), "control": config.control.to_dict(), "latent_frames": K,
+              "seed": seed, "worlds": worlds, "vae": weights_fingerprint(vae),
+              "text": hashlib.sha256(np.ascontiguousarray(text, np.float32).tobytes()).hexdigest()}
+    models = {name: {"weights": weights_fingerprint(gen.workdir), "stage": gen.stage,
+                     "num_steps": runner.num_steps, "shift": runner.shift} for name, gen in generators.items()}
+    return lambda i, name=None: {**common, "path": i, **(models[name] if name else {})}
+
+
 def _roll_out(config, vae_bundle, generators: dict, *, vae: str, K: int, paths: int, seed: int, worlds: str,
               out: str) -> dict:
     """Every generator along every path (the same key per path for every model): per-path
@@ -335,27 +346,19 @@ def _roll_out(config, vae_bundle, generators: dict, *, vae: str, K: int, paths: 
     runner = DriftRollout(config, vae_bundle)
     text = clip_text(config)
     cache = RolloutCache(out)
+    keys = _cache_keys(config, runner, generators, vae=vae, K=K, seed=seed, worlds=worlds, text=text)
     reports = {name: [] for name in generators}
     reference, baseline, rollout_seconds = [], [], {name: [] for name in generators}
     # Path 0's true render and each model's video at a few moments, for frames.png.
     moments = strip_indices(fps, 1 + config.video.vae_temporal * K)
     strip, at = {}, [index for _, index in moments]
-    common = {"video": config.video.to_dict(), "control": config.control.to_dict(), "latent_frames": K,
-              "seed": seed, "worlds": worlds, "vae": weights_fingerprint(vae),
-              "text": hashlib.sha256(np.ascontiguousarray(text, np.float32).tobytes()).hexdigest()}
-    weights = {name: weights_fingerprint(gen.workdir) for name, gen in generators.items()}
-    sampler = {"num_steps": runner.num_steps, "shift": runner.shift}
     bar = tqdm(total=len(generators) * paths, desc="models x paths", unit="rollout")
     for i in range(paths):
         first = i == 0
-        truth_key = {**common, "path": i}
-        keys = {name: {**truth_key, "weights": weights[name], "stage": gen.stage, **sampler}
-                for name, gen in generators.items()}
-        truth = cache.get(i, None, truth_key, want_strip=first)
-        done = {name: cache.get(i, name, keys[name], want_strip=first) for name in generators}
+        truth = cache.get(i, None, keys(i), want_strip=first)
+        done = {name: cache.get(i, name, keys(i, name), want_strip=first) for name in generators}
         if first:  # the mp4s are path 0's: stream again where one is missing
             done = {n: d if os.path.exists(os.path.join(out, f"{n}_path0.mp4")) else None for n, d in done.items()}
-        path = other = None
         if truth is None or None in done.values():
             path = eval_path(config, i, latent_frames=K, seed=seed, worlds=worlds)
             other = eval_path(config, i, latent_frames=K, seed=seed, worlds=worlds, branch_seed=i + 1).video
@@ -363,7 +366,7 @@ def _roll_out(config, vae_bundle, generators: dict, *, vae: str, K: int, paths: 
             value = {"reference": _path_report(vae_reconstruction(vae_bundle, path.video), path.video, other, fps),
                      "baseline": _path_report(copy_first_frame(path.video), path.video, other, fps)}
             truth = value, path.video[at] if first else None
-            cache.put(i, None, truth_key, *truth)
+            cache.put(i, None, keys(i), *truth)
         reference.append(truth[0]["reference"])
         baseline.append(truth[0]["baseline"])
         if first:
@@ -371,14 +374,9 @@ def _roll_out(config, vae_bundle, generators: dict, *, vae: str, K: int, paths: 
         key = jax.random.fold_in(jax.random.key(seed), i)
         for name, gen in generators.items():
             if done[name] is None:
-                t0 = time.perf_counter()
-                generated, real = runner(gen, path, text, key)
-                value = {"report": _path_report(generated, real, other, fps), "seconds": time.perf_counter() - t0}
-                if first:
-                    write_mp4(os.path.join(out, f"{name}_path0.mp4"), np.concatenate([real, generated], axis=2),
-                              fps=fps)
-                done[name] = value, generated[at] if first else None
-                cache.put(i, name, keys[name], *done[name])
+                done[name] = _stream(runner, gen, path, other, text, key, mp4=(
+                    os.path.join(out, f"{name}_path0.mp4") if first else None), strip_at=at if first else None)
+                cache.put(i, name, keys(i, name), *done[name])
             reports[name].append(done[name][0]["report"])
             rollout_seconds[name].append(done[name][0]["seconds"])
             if first:
@@ -386,7 +384,20 @@ def _roll_out(config, vae_bundle, generators: dict, *, vae: str, K: int, paths: 
             bar.update(1)
     bar.close()
     return {"reports": reports, "reference": reference, "baseline": baseline, "rollout_seconds": rollout_seconds,
-            "strip": strip, "moments": moments, "multistep_sampler": sampler}
+            "strip": strip, "moments": moments,
+            "multistep_sampler": {"num_steps": runner.num_steps, "shift": runner.shift}}
+
+
+def _stream(runner, gen, path, other, text, key, *, mp4: str | None, strip_at: list | None):
+    """One model along one path: ``({'report', 'seconds'}, its frames at ``strip_at`` or
+    None)``; with ``mp4``, real | generated side by side is written there."""
+    t0 = time.perf_counter()
+    generated, real = runner(gen, path, text, key)
+    seconds = time.perf_counter() - t0  # the rollout and its decode, not the scoring
+    value = {"report": _path_report(generated, real, other, runner.config.video.fps), "seconds": seconds}
+    if mp4:
+        write_mp4(mp4, np.concatenate([real, generated], axis=2), fps=runner.config.video.fps)
+    return value, None if strip_at is None else generated[strip_at]
 
 
 def _write_outputs(out: str, result: dict, strip: dict, moments: list) -> None:
