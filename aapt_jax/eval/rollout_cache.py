@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from aapt_jax.io import builtin
+from aapt_jax.io.checksums import files_under, sha256_file
 from aapt_jax.io.files import atomic_save_npy, atomic_write_json
 
 # Files up to this size are hashed whole; larger ones (an 8B model's shards) by size and
@@ -39,17 +40,11 @@ def weights_fingerprint(source: str) -> str:
     if os.path.isdir(os.path.join(root, _EXPORT_DIR)):
         root = os.path.join(root, _EXPORT_DIR)
     h = hashlib.sha256()
-    for dirpath, dirs, names in os.walk(root):
-        dirs.sort()
-        for name in sorted(names):
-            path = os.path.join(dirpath, name)
-            size = os.path.getsize(path)
-            h.update(f"{os.path.relpath(path, root)}\0{size}\0".encode())
-            if size <= _HASH_BYTES:
-                with open(path, "rb") as f:
-                    h.update(f.read())
-            else:
-                h.update(str(os.stat(path).st_mtime_ns).encode())
+    for rel in files_under(root):
+        path = os.path.join(root, rel)
+        size = os.path.getsize(path)
+        content = sha256_file(path) if size <= _HASH_BYTES else str(os.stat(path).st_mtime_ns)
+        h.update(f"{rel}\0{size}\0{content}\0".encode())
     return h.hexdigest()
 
 

@@ -36,8 +36,9 @@ from aapt_jax.eval.rollout import (DriftRollout, decode_stream, encode_stream, e
                                    load_generator_export, vae_reconstruction)
 from aapt_jax.io.generator_source import load_generator
 from aapt_jax.model import flow
-from aapt_jax.sample.streaming import replay_frames
 from aapt_jax.model.dit import abstract_model
+from aapt_jax.sample.streaming import replay_frames
+from aapt_jax.train.stages import ONESTEP
 
 # Two-sided 95% Student t quantiles for 1 .. 30 degrees of freedom (n - 1 paths); past the
 # table, the first Cornish-Fisher term, within 0.002 of the exact value.
@@ -171,7 +172,7 @@ def teacher_forced_following(config, vae, generator_source: str, *, paths: int,
     computes when every recycled frame is the true one); one-step generators only."""
     k = _latent_frames(config, seconds[1])
     generator = load_generator_export(generator_source, config, field="generator")
-    if generator.sampler != "onestep":
+    if generator.sampler != ONESTEP:
         raise ValueError(f"generator: expected a one-step generator (stage distill or adversarial), got "
                          f"{generator_source} of stage {generator.stage!r}")
     runner = DriftRollout(config, vae)

@@ -29,7 +29,8 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def _files(directory: str) -> list[str]:
+def files_under(directory: str) -> list[str]:
+    """Paths of every file under ``directory``, relative to it, sorted."""
     out = []
     for dirpath, _, names in os.walk(directory):
         out += [os.path.relpath(os.path.join(dirpath, n), directory) for n in names]
@@ -40,7 +41,7 @@ def write_manifest(root: str, subdir: str) -> str:
     """Record ``{relative path: {sha256, bytes}}`` of every file under ``root/subdir`` in
     ``root/checksums.json`` (atomically). Returns the manifest's path."""
     files = {}
-    for rel in _files(os.path.join(root, subdir)):
+    for rel in files_under(os.path.join(root, subdir)):
         path = os.path.join(root, subdir, rel)
         files[os.path.join(subdir, rel)] = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
     manifest = os.path.join(root, MANIFEST)
