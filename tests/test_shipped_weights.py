@@ -23,7 +23,7 @@ def _pieces():
 def test_the_shipped_weights_are_there_and_small():
     pieces = _pieces()
     assert "vae" in pieces and set(pieces) <= set(shipped.PIECES), pieces
-    assert "launch.pretrain" in builtin.figures(WORLD)["command"]
+    assert all("launch.pretrain" in run["command"] for run in builtin.made_by(WORLD).values())
     assert {f"builtin:{WORLD}/{p}" for p in pieces} == set(builtin.shipped())
     root = builtin.path(WORLD)
     sizes = [os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files]

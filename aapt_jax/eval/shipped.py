@@ -7,6 +7,12 @@ figure with the converted files, the way a user loads them, and records the figu
 ``figures.json``. :func:`check` measures them again: the tests call it on the shipped
 weights. Nothing is replaced until everything new is written: the new folder is built
 beside the old one and swapped in at the end.
+
+The pieces form a chain (each trains on the ones before it), and one run makes a stretch of
+it: ``vae, base, aapt`` from scratch, or only ``aapt`` post-trained from the shipped VAE and
+base (what a user of a downloaded model does). The shipped pieces before the stretch are
+carried into the new folder as they are, with the command that made them; the pieces after
+it are dropped, since they were made from the weights being replaced.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from aapt_jax.io import builtin
 from aapt_jax.io.convert import convert
 from aapt_jax.io.vae_source import load_vae
 
+# The world whose weights the package ships (``aapt_jax/weights/tiny_world``).
+WORLD = "tiny_world"
 # Shipped piece -> (the pipeline stage it comes from, what the converter writes of it).
 PIECES = {"vae": ("vae", "vae"), "base": ("base", "generator"), "aapt": ("adversarial", "generator")}
 # Generators ship in bf16 (the tensors the model keeps in fp32 stay fp32), as Wan's weights are
@@ -33,6 +41,25 @@ SHARD_BYTES = 4 << 20
 # The figures each piece records (few paths, so the tests can measure them again in seconds).
 CHECK = {"vae": {"paths": 2, "seconds": 2.0}, "base": {"paths": 2, "latent_frames": 6},
          "aapt": {"paths": 2, "seconds": [1.0, 2.0]}}
+
+
+def carried(pieces, world: str = WORLD) -> tuple[str, ...]:
+    """The shipped pieces of ``world`` a run making ``pieces`` starts from (those before them
+    in the chain).
+
+    ValueError naming the field unless ``pieces`` is a nonempty stretch of :data:`PIECES`
+    whose predecessors are shipped."""
+    order = tuple(PIECES)
+    pieces = tuple(pieces)
+    first = order.index(pieces[0]) if pieces and pieces[0] in order else -1
+    if first < 0 or pieces != order[first:first + len(pieces)]:
+        raise ValueError(f"pieces: expected consecutive pieces of the chain {list(order)} (e.g. "
+                         f"{list(order)} or ['aapt']), got {list(pieces)}")
+    for piece in order[:first]:
+        if not os.path.isdir(os.path.join(builtin.path(world), piece)):
+            raise ValueError(f"pieces: {list(pieces)} start from the shipped {piece} of {world}, which is not in "
+                             f"{builtin.path(world)} (make it too: --pieces={','.join(order[:first + len(pieces)])})")
+    return order[:first]
 
 
 def measure(config, folder: str) -> dict:
@@ -56,45 +83,53 @@ def measure(config, folder: str) -> dict:
     return out
 
 
-def check(config, world: str = "tiny_world") -> dict:
+def check(config, world: str = WORLD) -> dict:
     """``{piece: (recorded dB, measured dB)}`` for the shipped weights of ``world``."""
     recorded = builtin.figures(world).get("pieces", {})
     measured = measure(config, builtin.path(world))
     return {piece: (recorded[piece]["value"], measured[piece]["value"]) for piece in measured if piece in recorded}
 
 
-def ship(workdir: str, config, *, world: str = "tiny_world", pieces=tuple(PIECES), command: str = "",
+def ship(workdir: str, config, *, world: str = WORLD, pieces=tuple(PIECES), command: str = "",
          log=print) -> dict:
     """Convert ``pieces`` of the pipeline in ``workdir`` into the package's weights of
-    ``world`` and record their figures; returns what ``figures.json`` holds.
+    ``world``, with the shipped pieces they start from (:func:`carried`), and record their
+    figures; returns what ``figures.json`` holds.
 
-    ValueError naming the stage before anything is written when a stage has not finished."""
-    unknown = [p for p in pieces if p not in PIECES]
-    if unknown or "vae" not in pieces:
-        raise ValueError(f"pieces: expected 'vae' and a subset of {tuple(PIECES)}, got {list(pieces)}")
+    ValueError naming the field before anything is written when ``pieces`` is not a stretch
+    of the chain, a piece it starts from is not shipped, or a stage has not finished."""
+    keep = carried(pieces, world)
+    dest = builtin.path(world)
+    made_by = builtin.made_by(world)
     for piece in pieces:
         stage = PIECES[piece][0]
         if not os.path.isfile(os.path.join(workdir, stage, "export", "info.json")):
             raise ValueError(f"workdir: the {stage} stage has not finished in {os.path.join(workdir, stage)} "
                              f"(run the pipeline first)")
-    dest = builtin.path(world)
+    made = {"command": command, "made": datetime.date.today().isoformat()}
+    vae = os.path.join(dest if "vae" in keep else workdir, "vae")
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{world}.", dir=os.path.dirname(dest))
     os.chmod(staging, 0o755)  # mkdtemp's 0700 would make the shipped folder private
     try:
+        for piece in keep:
+            log(f"[ship] {piece}: keeping the shipped one")
+            shutil.copytree(os.path.join(dest, piece), os.path.join(staging, piece))
         for piece in pieces:
             stage, what = PIECES[piece]
             log(f"[ship] {piece}: converting {os.path.join(workdir, stage)}")
             scratch = os.path.join(staging, f".{piece}")
-            convert(os.path.join(workdir, stage), scratch, dtype=GENERATOR_DTYPE, what=(what,),
-                    vae=os.path.join(workdir, "vae"), max_shard_bytes=SHARD_BYTES)
+            convert(os.path.join(workdir, stage), scratch, dtype=GENERATOR_DTYPE, what=(what,), vae=vae,
+                    max_shard_bytes=SHARD_BYTES)
             # The VAE piece is the converter's diffusers VAE folder; a generator piece is the
             # converter's folder itself (aapt.json + transformer/).
             os.rename(os.path.join(scratch, "vae") if piece == "vae" else scratch, os.path.join(staging, piece))
             shutil.rmtree(scratch, ignore_errors=True)
         log("[ship] measuring the held-out figures of the converted weights")
-        record = {"world": world, "command": command, "made": datetime.date.today().isoformat(),
-                  "pieces": measure(config, staging)}
+        figures = measure(config, staging)
+        for piece, entry in figures.items():  # who made each piece: this run, or the run it was carried from
+            entry.update(made_by.get(piece, {}) if piece in keep else made)
+        record = {"world": world, "pieces": figures}
         with open(os.path.join(staging, builtin.FIGURES), "w") as f:
             json.dump(record, f, indent=1)
         old = None

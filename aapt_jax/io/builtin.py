@@ -79,3 +79,11 @@ def figures(world: str) -> dict:
         return {}
     with open(where) as f:
         return json.load(f)
+
+
+def made_by(world: str) -> dict:
+    """``{piece: {'command': ..., 'made': date}}``: the run that made each shipped piece of
+    ``world`` (a record that names one command for the whole folder gives it to every piece)."""
+    record = figures(world)
+    return {piece: {k: entry.get(k, record.get(k, "")) for k in ("command", "made")}
+            for piece, entry in record.get("pieces", {}).items()}
