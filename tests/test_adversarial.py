@@ -70,6 +70,35 @@ def test_relativistic_losses():
     assert np.all(g < 0) and np.all(d > 0)
 
 
+@pytest.mark.parametrize("forcing", ["student", "teacher"])
+def test_control_mismatch_judges_real_clips_with_other_clips_controls_as_fake(forcing):
+    disc = _disc()
+    graphdef, params = nnx.split(disc)
+    real, fake, controls, text, t = _inputs()
+    fake = jnp.concatenate([real[:, :1], fake], axis=1)
+    judged = adversarial.Judged(fake, controls, text, real, controls, text, jnp.zeros((1,), jnp.uint32))
+    teacher = (real, text) if forcing == "teacher" else None
+
+    def objective(weight):
+        acfg = adversarial.AdversarialConfig(segment_frames=5, forcing=forcing, control_mismatch=weight)
+        return adversarial.discriminator_objective(acfg, graphdef, judged, t, jax.random.split(jax.random.key(1)),
+                                                   params, teacher=teacher)
+
+    total0, (adv0, r1, r2, mis0, lr, _) = objective(0.0)
+    total, (adv, *_, mis, _, _) = objective(0.5)
+    assert float(mis0) == 0.0 and np.isclose(total0, adv0 + r1 + r2, rtol=1e-6)
+    # each real clip with the other clip's controls, judged as generated against itself
+    wrong = disc(real, t, text, controls[::-1])
+    np.testing.assert_allclose(mis, 0.5 * adversarial.discriminator_loss(wrong, lr), rtol=1e-5)
+    np.testing.assert_allclose(total, total0 + mis, rtol=1e-5)
+    np.testing.assert_allclose(adv, adv0, rtol=1e-6)
+    # and the discriminator gets a gradient from it
+    grad = jax.grad(lambda p: adversarial.discriminator_objective(
+        adversarial.AdversarialConfig(segment_frames=5, forcing=forcing, control_mismatch=1.0, r_lambda=0.0),
+        graphdef, judged, t, jax.random.split(jax.random.key(1)), p, teacher=teacher)[1][3])(params)
+    assert sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grad)) > 0
+
+
 def test_segments_layout():
     acfg = adversarial.AdversarialConfig(segment_frames=4, overlap=1, extensions=2)
     assert acfg.video_frames() == 1 + 4 + 2 * 3
@@ -85,6 +114,8 @@ def test_segments_layout():
     (dict(forcing="teacher", extensions=1), "train.extensions"),
     (dict(forcing="both"), "train.forcing"),
     (dict(disc_layers=(7,)), "discriminator.layers"),
+    (dict(control_mismatch=1.0), r"train.control_mismatch.*batch_size >= 2, got 1"),
+    (dict(control_mismatch=-1.0), "train.control_mismatch"),
 ])
 def test_bad_stage_config(fields, match):
     c = _config(**fields)

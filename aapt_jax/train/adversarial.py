@@ -8,6 +8,12 @@ generated videos (the discriminator sees them detached):
   ``f_D(x) = -log(1 + e^x)``), with the approximated R1/R2 of APT:
   ``lambda * ||D(x) - D(x + sigma eps)||^2`` on real and on generated frames (finite
   differences instead of a gradient penalty, so no double backward).
+* optionally (``control_mismatch = w > 0``, beyond the paper): ``w * softplus(D(real,
+  wrong controls) - D(real))``, each real clip judged again with another clip's controls
+  (the batch rolled by one) as if generated: matching-aware discrimination (GAN-CLS,
+  Reed et al. 2016). The relativistic pair alone can be won on how frames look; this term
+  makes the discriminator, and through it the generator, care whether the frames follow
+  their camera.
 
 Logits are per frame (``[B, K]``); the relativistic pair is formed frame by frame and
 averaged. Every logit is computed with the same ``t ~ U(0, 1)`` per sample, so a pair
@@ -55,13 +61,15 @@ FORCING = ("student", "teacher")
 class AdversarialConfig:
     """forcing: 'student' | 'teacher'; segment_frames: generated latent frames judged per
     segment (``K``); overlap: frames of the previous segment each extended segment is
-    judged with; extensions: extra segments; r_sigma/r_lambda: aR1/aR2 noise and weight."""
+    judged with; extensions: extra segments; r_sigma/r_lambda: aR1/aR2 noise and weight;
+    control_mismatch: weight of the matching-aware term (0: off, the paper)."""
     segment_frames: int  # no default: the data clips' frames after the first, or fewer
     forcing: str = "student"
     overlap: int = 2
     extensions: int = 0
     r_sigma: float = 0.1
     r_lambda: float = 1000.0
+    control_mismatch: float = 0.0
 
     def check(self, clip_frames: int) -> None:
         """The fields against the data clips (``clip_frames``: the latent frames after the
@@ -275,10 +283,11 @@ def adversarial_update(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, 
     judged = Judged(fake_videos, fake_ctrl, fake_text, real_videos, real_ctrl, real_text, noise_keys)
     d_loss = functools.partial(discriminator_objective, acfg, d_graphdef, judged, tt, (k_r1, k_r2),
                                teacher=(seg.real[0], text) if acfg.forcing == "teacher" else None)
-    (d_total, (d_adv, r1, r2, lr_d, lf_d)), d_grads = jax.value_and_grad(d_loss, has_aux=True)(d_params)
+    (d_total, (d_adv, r1, r2, mis, lr_d, lf_d)), d_grads = jax.value_and_grad(d_loss, has_aux=True)(d_params)
     g_loss_mean = jnp.mean(jnp.stack(g_losses))
     metrics = {
         "loss": g_loss_mean + d_total, "g_loss": g_loss_mean, "d_loss": d_adv, "r1": r1, "r2": r2,
+        "d_mismatch": mis,
         "logits_real": jnp.mean(lr_d), "logits_fake": jnp.mean(lf_d),
         "logit_gap": jnp.mean(jnp.concatenate(real_logits, 1) - jnp.concatenate(fake_logits, 1)),
         "g_grad_norm": _norm(g_grads), "d_grad_norm": _norm(d_grads),
@@ -290,32 +299,42 @@ def adversarial_update(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, 
 
 def discriminator_objective(acfg: AdversarialConfig, d_graphdef, judged: Judged, t, keys, d_params, *,
                             teacher=None):
-    """The discriminator's loss of one update and its parts, ``(total, (adv, r1, r2, real
-    logits, fake logits))``: the relativistic loss of ``judged.fake`` against ``judged.real``
-    (``t`` ``[S*B]``) plus aR1/aR2 on copies perturbed with ``keys`` = (real key, fake key).
-    Student forcing judges all four videos in one pass; ``teacher`` = (real clip
+    """The discriminator's loss of one update and its parts, ``(total, (adv, r1, r2,
+    mismatch, real logits, fake logits))``: the relativistic loss of ``judged.fake`` against
+    ``judged.real`` (``t`` ``[S*B]``) plus aR1/aR2 on copies perturbed with ``keys`` = (real
+    key, fake key), plus the matching-aware term when ``acfg.control_mismatch > 0``.
+    Student forcing judges all the videos in one pass; ``teacher`` = (real clip
     ``[B, 1 + K, ...]``, caption) judges each generated frame against the real frames before
     it (App. D)."""
     d = nnx.merge(d_graphdef, d_params)
     k_r1, k_r2 = keys
     real_p = perturb_judged(judged.real, k_r1, acfg.r_sigma)
     fake_p = perturb_judged(judged.fake, k_r2, acfg.r_sigma)
+    mismatch = acfg.control_mismatch > 0 and judged.real_controls is not None
+    # each real clip with the next clip's controls (rows are distinct clips: the stage
+    # refuses a batch of one)
+    wrong = jnp.roll(judged.real_controls, 1, axis=0) if mismatch else None
     if teacher is not None:
         ref, text = teacher
         lf, lr = teacher_forced_logits(d, ref, judged.fake[:, 1:], t, text, judged.real_controls)
         lf_p, _ = teacher_forced_logits(d, ref, fake_p[:, 1:], t, text, judged.real_controls)
         lr_p = d(real_p, t, text, judged.real_controls)
+        lm = d(judged.real, t, text, wrong) if mismatch else None
     else:
-        both = jnp.concatenate([judged.real, judged.fake, real_p, fake_p], axis=0)
+        videos = [judged.real, judged.fake, real_p, fake_p] + ([judged.real] if mismatch else [])
         ctrl = (None if judged.real_controls is None else
-                jnp.concatenate([judged.real_controls, judged.fake_controls] * 2, axis=0))
-        texts = jnp.concatenate([judged.real_text, judged.fake_text] * 2, axis=0)
-        logits = d(both, jnp.tile(t, 4), texts, ctrl)
-        lr, lf, lr_p, lf_p = jnp.split(logits, 4, axis=0)
+                jnp.concatenate([judged.real_controls, judged.fake_controls] * 2 + ([wrong] if mismatch else []),
+                                axis=0))
+        texts = jnp.concatenate([judged.real_text, judged.fake_text] * 2 + ([judged.real_text] if mismatch else []),
+                                axis=0)
+        logits = d(jnp.concatenate(videos, axis=0), jnp.tile(t, len(videos)), texts, ctrl)
+        lr, lf, lr_p, lf_p, *rest = jnp.split(logits, len(videos), axis=0)
+        lm = rest[0] if mismatch else None
     adv = discriminator_loss(lf, lr)
     r1 = acfg.r_lambda * jnp.mean(jnp.square(lr - lr_p))
     r2 = acfg.r_lambda * jnp.mean(jnp.square(lf - lf_p))
-    return adv + r1 + r2, (adv, r1, r2, lr, lf)
+    mis = acfg.control_mismatch * discriminator_loss(lm, lr) if mismatch else jnp.zeros((), adv.dtype)
+    return adv + r1 + r2 + mis, (adv, r1, r2, mis, lr, lf)
 
 
 def _norm(tree):

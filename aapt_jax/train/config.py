@@ -74,6 +74,10 @@ class TrainConfig:
     disc_init_from: str = ""
     r_sigma: float = 0.1
     r_lambda: float = 1000.0
+    # Weight of a matching-aware discriminator term, beyond the paper (0: off): each real clip
+    # is judged again with another clip's controls, as if generated, so the discriminator
+    # must check that frames follow their controls (aapt_jax/train/adversarial.py).
+    control_mismatch: float = 0.0
     disc_layers: tuple[int, ...] = (-3, -1)
     disc_head_dim: int = 64
     disc_lr: float = 0.0
@@ -100,7 +104,7 @@ class TrainConfig:
         for name in ("seed", "warmup_steps", "restore_step", "sample_every", "segment_frames", "overlap",
                      "extensions", "disc_warmup"):
             _need(name, getattr(self, name) >= 0, "an int >= 0", getattr(self, name))
-        for name in ("weight_decay", "grad_clip", "kl_weight", "disc_lr"):
+        for name in ("weight_decay", "grad_clip", "kl_weight", "disc_lr", "control_mismatch"):
             _need(name, getattr(self, name) >= 0, "a finite float >= 0", getattr(self, name))
         for name in ("lr", "shift", "sample_shift", "max_logit"):
             _need(name, getattr(self, name) > 0, "> 0", getattr(self, name))

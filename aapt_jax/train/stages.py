@@ -160,6 +160,12 @@ def check_config(config: ConfigDict) -> TrainConfig:
     check_control_source(data, configs.control_config(config).kind)
     if name == "adversarial":
         adversarial_config(config).check(config.data.latent_frames)
+        if tc.control_mismatch and configs.control_config(config).kind == "none":
+            raise ValueError("train.control_mismatch: pairs real clips with other clips' controls; expected 0 "
+                             f"without a control source (control.kind 'none'), got {tc.control_mismatch}")
+        if tc.control_mismatch and tc.batch_size < 2:
+            raise ValueError("train.control_mismatch: pairs each real clip with another clip's controls; expected "
+                             f"train.batch_size >= 2, got {tc.batch_size}")
         DiscriminatorConfig(layers=tc.disc_layers, head_dim=tc.disc_head_dim).resolved_layers(cfg.num_layers)
     return tc
 
@@ -328,7 +334,7 @@ def adversarial_config(config: ConfigDict) -> adversarial.AdversarialConfig:
     tc = train_config(config)
     return adversarial.AdversarialConfig(
         forcing=tc.forcing, segment_frames=tc.segment_frames or config.data.latent_frames, overlap=tc.overlap,
-        extensions=tc.extensions, r_sigma=tc.r_sigma, r_lambda=tc.r_lambda)
+        extensions=tc.extensions, r_sigma=tc.r_sigma, r_lambda=tc.r_lambda, control_mismatch=tc.control_mismatch)
 
 
 def load_discriminator_backbone(source: str, cfg, seed: int, shardings=None):
