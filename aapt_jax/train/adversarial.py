@@ -321,14 +321,15 @@ def discriminator_objective(acfg: AdversarialConfig, d_graphdef, judged: Judged,
         lr_p = d(real_p, t, text, judged.real_controls)
         lm = d(judged.real, t, text, wrong) if mismatch else None
     else:
-        videos = [judged.real, judged.fake, real_p, fake_p] + ([judged.real] if mismatch else [])
-        ctrl = (None if judged.real_controls is None else
-                jnp.concatenate([judged.real_controls, judged.fake_controls] * 2 + ([wrong] if mismatch else []),
-                                axis=0))
-        texts = jnp.concatenate([judged.real_text, judged.fake_text] * 2 + ([judged.real_text] if mismatch else []),
-                                axis=0)
-        logits = d(jnp.concatenate(videos, axis=0), jnp.tile(t, len(videos)), texts, ctrl)
-        lr, lf, lr_p, lf_p, *rest = jnp.split(logits, len(videos), axis=0)
+        # (video, controls, caption) of each judged batch, all in one pass
+        parts = [(judged.real, judged.real_controls, judged.real_text), (judged.fake, judged.fake_controls,
+                 judged.fake_text), (real_p, judged.real_controls, judged.real_text),
+                 (fake_p, judged.fake_controls, judged.fake_text)]
+        parts += [(judged.real, wrong, judged.real_text)] if mismatch else []
+        videos, ctrls, texts = zip(*parts)
+        cat = lambda xs: None if xs[0] is None else jnp.concatenate(xs, axis=0)  # noqa: E731
+        logits = d(cat(videos), jnp.tile(t, len(parts)), cat(texts), cat(ctrls))
+        lr, lf, lr_p, lf_p, *rest = jnp.split(logits, len(parts), axis=0)
         lm = rest[0] if mismatch else None
     adv = discriminator_loss(lf, lr)
     r1 = acfg.r_lambda * jnp.mean(jnp.square(lr - lr_p))

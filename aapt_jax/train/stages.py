@@ -157,10 +157,11 @@ def check_config(config: ConfigDict) -> TrainConfig:
     if STAGES[name].trains_vae:
         return tc
     cfg = configs.model_config(config)
-    check_control_source(data, configs.control_config(config).kind)
+    control_kind = configs.control_config(config).kind
+    check_control_source(data, control_kind)
     if name == "adversarial":
         adversarial_config(config).check(config.data.latent_frames)
-        if tc.control_mismatch and configs.control_config(config).kind == "none":
+        if tc.control_mismatch and control_kind == "none":
             raise ValueError("train.control_mismatch: pairs real clips with other clips' controls; expected 0 "
                              f"without a control source (control.kind 'none'), got {tc.control_mismatch}")
         if tc.control_mismatch and tc.batch_size < 2:
