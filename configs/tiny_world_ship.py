@@ -4,11 +4,12 @@ stage 1 and low rates after it.
     python -m launch.pretrain --workdir=runs/ship --config=configs/tiny_world_ship.py --pieces=aapt
 
 The README's main job (``configs/tiny_world.py``) runs stages 1-3 in under 20 minutes on a
-2-core CPU, so its stage 1 sees 3000 clips (1500 steps at batch 2). The generator that
+2-core CPU, so its stage 1 sees 1600 clips (800 steps at batch 2). The generator that
 ``launch.sample``, the demo and the world bench load by default is worth more than that:
 its stage 1 trains on 48000 clips (6000 steps at batch 8, about 3.7 hours alone on the
-2-core CPU), and stages 2 and 3 then move it at lr 3e-6. Stage 3's discriminator trains alone for
-its first 100 updates and carries the matching-aware term (``train.control_mismatch`` 0.5).
+2-core CPU), and stages 2 and 3 (250 and 200 updates) then move it at lr 3e-6. Stage 3's
+discriminator trains alone for its first 100 updates and carries the matching-aware term
+(``train.control_mismatch`` 0.5).
 The VAE and the base model are the same recipes, so a workdir whose ``vae`` and ``base``
 came from ``configs/tiny_world.py`` continues here unchanged.
 
@@ -35,10 +36,12 @@ from ml_collections import ConfigDict
 
 from configs import tiny_world
 
-# Per stage, what differs from ``tiny_world``: stage 1 sees 4x the clips per step for 4x the
-# steps; stages 2 and 3 move the generator at lr 3e-6 (stage 3's discriminator keeps 5e-4).
-CHANGES = {"adapt": dict(steps=6000, batch_size=8), "distill": dict(lr=3e-6),
-           "adversarial": dict(lr=3e-6, disc_warmup=100, control_mismatch=0.5), "adversarial_long": dict(lr=1e-5)}
+# Per stage, what differs from ``tiny_world``: stage 1 sees 4x the clips per step for 7.5x
+# the steps; stages 2 and 3 move the generator at lr 3e-6 (stage 3's discriminator keeps 5e-4)
+# for the updates they trained with (the main job's stages 2-3 run fewer).
+CHANGES = {"adapt": dict(steps=6000, batch_size=8), "distill": dict(steps=250, lr=3e-6),
+           "adversarial": dict(steps=200, lr=3e-6, disc_warmup=100, control_mismatch=0.5),
+           "adversarial_long": dict(lr=1e-5)}
 
 STAGE_DEFAULTS = {stage: {**recipe, **CHANGES.get(stage, {})} for stage, recipe in tiny_world.STAGE_DEFAULTS.items()}
 
