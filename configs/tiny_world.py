@@ -84,6 +84,12 @@ STAGE_DEFAULTS = {
 WINDOW = 4
 
 
+def with_changes(changes: dict) -> dict:
+    """:data:`STAGE_DEFAULTS` with ``changes[stage]`` merged into each stage's recipe (the
+    recipes of a config that differs from this one in a few fields)."""
+    return {stage: {**recipe, **changes.get(stage, {})} for stage, recipe in STAGE_DEFAULTS.items()}
+
+
 def get_config(stage: str = "base") -> ConfigDict:
     """``--config=configs/tiny_world.py:STAGE`` picks the stage and its defaults."""
     return config_of(stage, STAGE_DEFAULTS)

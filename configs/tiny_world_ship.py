@@ -43,7 +43,7 @@ CHANGES = {"adapt": dict(steps=6000, batch_size=8), "distill": dict(steps=250, l
            "adversarial": dict(steps=200, lr=3e-6, disc_warmup=100, control_mismatch=0.5),
            "adversarial_long": dict(lr=1e-5)}
 
-STAGE_DEFAULTS = {stage: {**recipe, **CHANGES.get(stage, {})} for stage, recipe in tiny_world.STAGE_DEFAULTS.items()}
+STAGE_DEFAULTS = tiny_world.with_changes(CHANGES)
 
 
 def get_config(stage: str = "base") -> ConfigDict:

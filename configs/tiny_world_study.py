@@ -13,7 +13,7 @@ from configs import tiny_world
 
 CHANGES = {"adapt": dict(steps=1500), "distill": dict(steps=250), "adversarial": dict(steps=200, lr=5e-5)}
 
-STAGE_DEFAULTS = {stage: {**recipe, **CHANGES.get(stage, {})} for stage, recipe in tiny_world.STAGE_DEFAULTS.items()}
+STAGE_DEFAULTS = tiny_world.with_changes(CHANGES)
 
 
 def get_config(stage: str = "base") -> ConfigDict:
