@@ -40,8 +40,8 @@ LAYERS = [
     ("aapt_jax.train",),
     # Evaluation and the streaming server.
     ("aapt_jax.eval", "aapt_jax.serve"),
-    # Benchmarks and what the binaries share.
-    ("aapt_jax.bench", "aapt_jax.cli"),
+    # Benchmarks and what the binaries share (their error contract, their allocator).
+    ("aapt_jax.bench", "aapt_jax.cli", "aapt_jax.host_malloc"),
 ]
 REPO_ONLY = ("configs", "launch", "kernels")  # top-level folders the library must not import by those names
 
