@@ -6,7 +6,7 @@ gives them back with ``munmap``, so each step faults in and zeroes its buffers a
 tiny-world stage 1 step took ~35k minor page faults, and 10-15% of the CPU time went to the
 kernel. jemalloc that keeps freed pages (``dirty_decay_ms:-1``) reuses them: 150 steps of
 ``configs/tiny_world.py:adapt`` on the 2-core CPU went from 5.4 M faults and 20 s of system
-time to 0.36 M and 4 s, 114 -> 96 s wall, with bit-identical losses. The cost is that a
+time to 0.36 M and 4 s, 114 -> 96-102 s wall, with bit-identical losses. The cost is that a
 process keeps its peak heap until it exits.
 
 A preloaded allocator must be in place before the interpreter starts, so :func:`reexec`
@@ -31,7 +31,7 @@ def jemalloc_library() -> str | None:
 
 
 def reexec() -> None:
-    """Replace this process (same pid, argv and environment) by itself on jemalloc.
+    """Replace this process (same pid and argv) by itself on jemalloc, adding ``LD_PRELOAD``.
 
     Returns without doing anything when it already ran (``AAPT_JAX_MALLOC`` set), when the
     user chose ``AAPT_JAX_MALLOC=system``, or when the machine has no jemalloc.

@@ -41,6 +41,6 @@ def test_system_choice_keeps_glibc():
 @pytest.mark.skipif(host_malloc.jemalloc_library() is None, reason="the machine has no jemalloc (libjemalloc2)")
 def test_launch_binary_runs_on_jemalloc():
     # launch/__init__.py re-executes `python -m launch.X` before the binary's imports.
-    probe = ("import runpy, sys; sys.argv = ['-m']; import launch; "
+    probe = ("import sys; sys.argv = ['-m']; import launch; "
              "print(any('jemalloc' in line for line in open('/proc/self/maps')))")
     assert _child(probe, AAPT_JAX_MALLOC=None) == ["True"]
