@@ -144,6 +144,17 @@ def test_pyproject_installs_every_package(rule):
         assert listed - packages == {"aapt_jax.serve.static"}  # the page's files (data)
 
 
+def test_package_data_holds_every_shipped_weight_file():
+    """A wheel (``pip install .``, not editable) carries the built-in weights: every file under
+    aapt_jax/weights matches a package-data pattern (setuptools' globs, ``**`` recursive)."""
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["aapt_jax"]
+    package = ROOT / "aapt_jax"
+    listed = {p for pattern in patterns for p in package.glob(pattern) if p.is_file()}
+    shipped = {p for p in (package / "weights").rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert any(p.suffix == ".safetensors" and "transformer" in p.parts for p in shipped)
+    assert sorted(map(str, shipped - listed)) == []
+
+
 def test_every_binary_main_is_thin():
     """A binary in launch/ parses flags and calls the library: its ``main`` stays short."""
     long = {}
