@@ -102,8 +102,13 @@ def test_update_gradients_equal_the_scan_through_cache(players, extensions):
     acfg = adversarial.AdversarialConfig(segment_frames=K, overlap=2, extensions=extensions)
     latents, text, controls = _batch(acfg, seed=extensions)
     key = jax.random.key(7)
-    grads, metrics = jax.jit(lambda p, *a: adversarial.adversarial_grads(acfg, g_graphdef, d_graphdef, p, *a))(
+    grads, metrics, judged = jax.jit(
+        lambda p, *a: adversarial.adversarial_update(acfg, g_graphdef, d_graphdef, p, *a))(
         params, latents, text, controls, key)
+    # the drift metric: the first segment's streamed frames against its own clip's true latents
+    B = latents.shape[0] // acfg.segments
+    np.testing.assert_allclose(metrics["rollout_mse"], jnp.mean(jnp.square(judged.fake[:B, 1:] - latents[:B, 1:])),
+                               rtol=1e-5)
     ref = jax.jit(lambda p, *a: _scan_through_cache_generator_grads(acfg, g_graphdef, d_graphdef, p, *a))(
         params, latents, text, controls, key)
     err = _max_rel_err(grads["generator"], ref)
@@ -113,6 +118,19 @@ def test_update_gradients_equal_the_scan_through_cache(players, extensions):
     assert float(metrics["replay_max_abs_err"]) <= 1e-5
     # the gradient reaches the keys of past frames (through the cache) at all
     assert float(jnp.max(jnp.abs(grads["generator"]["blocks"][0]["attn1"]["to_k"]["kernel"]))) > 0
+
+
+def test_teacher_forcing_reports_the_drift_metric_of_its_frames(players):
+    """Teacher forcing: every generated frame continues its clip; ``rollout_mse`` is their
+    distance to the clip's true latents."""
+    g_graphdef, d_graphdef, params = players
+    acfg = adversarial.AdversarialConfig(segment_frames=K, forcing="teacher")
+    latents, text, controls = _batch(acfg, seed=1)
+    _, metrics, judged = jax.jit(lambda p, *a: adversarial.adversarial_update(acfg, g_graphdef, d_graphdef, p, *a))(
+        params, latents, text, controls, jax.random.key(2))
+    want = jnp.mean(jnp.square(judged.fake[:, 1:] - latents[:, 1:]))
+    assert float(want) > 0
+    np.testing.assert_allclose(metrics["rollout_mse"], want, rtol=1e-5)
 
 
 def test_replay_gives_the_streaming_samplers_frames(players):

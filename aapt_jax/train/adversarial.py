@@ -15,6 +15,12 @@ generated videos (the discriminator sees them detached):
   makes the discriminator, and through it the generator, care whether the frames follow
   their camera.
 
+Besides the losses, each update reports ``rollout_mse``: the mean squared distance between
+the generated frames that continue a real clip along that clip's own controls (student
+forcing: the first segment's rollout; teacher forcing: every frame) and the clip's true
+latents. It is not trained on; it tracks how far the generator's own stream strays from
+the video it would ideally reproduce.
+
 Logits are per frame (``[B, K]``); the relativistic pair is formed frame by frame and
 averaged. Every logit is computed with the same ``t ~ U(0, 1)`` per sample, so a pair
 differs only in the video.
@@ -89,6 +95,10 @@ class AdversarialConfig:
     def video_frames(self) -> int:
         """Latent frames of the whole generated video (first frame included)."""
         return 1 + self.segment_frames + self.extensions * (self.segment_frames - self.overlap)
+
+
+def _mse(a, b):
+    return jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
 
 
 def generator_loss(fake_logits, real_logits):
@@ -236,6 +246,7 @@ def adversarial_update(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, 
             return generator_loss(lf, sg(lr)), (frames, lf, lr)
 
         (loss, (frames, lf, lr)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(params["generator"])
+        rollout_mse = _mse(frames, real[:, 1:])
         fakes.append(sg(jnp.concatenate([real[:, :1], frames], axis=1)))
         fake_controls.append(ctrl)
         g_losses.append(loss)
@@ -254,6 +265,8 @@ def adversarial_update(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, 
             gen = nnx.merge(g_graphdef, sg(params["generator"]))
             start = init_state(gen, first, text) if state is None else state
             next_state, rolled = rollout_frames(gen, start, noise, ctrl_new, detach_recycled=True)
+            if j == 0:  # the one segment that continues its own clip along that clip's path
+                rollout_mse = _mse(rolled, seg.real[0][:, 1:])
 
             # ... and its gradient through the cache from one parallel pass over its frames.
             g_loss = functools.partial(student_generator_loss, g_graphdef, disc, state, first, context, noise,
@@ -287,7 +300,7 @@ def adversarial_update(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, 
     g_loss_mean = jnp.mean(jnp.stack(g_losses))
     metrics = {
         "loss": g_loss_mean + d_total, "g_loss": g_loss_mean, "d_loss": d_adv, "r1": r1, "r2": r2,
-        "d_mismatch": mis,
+        "d_mismatch": mis, "rollout_mse": rollout_mse,
         "logits_real": jnp.mean(lr_d), "logits_fake": jnp.mean(lf_d),
         "logit_gap": jnp.mean(jnp.concatenate(real_logits, 1) - jnp.concatenate(fake_logits, 1)),
         "g_grad_norm": _norm(g_grads), "d_grad_norm": _norm(d_grads),
