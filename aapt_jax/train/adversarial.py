@@ -59,6 +59,7 @@ from flax import nnx, struct
 
 from aapt_jax.model.discriminator import Discriminator
 from aapt_jax.sample.streaming import init_state, replay_frames, rollout_frames
+from aapt_jax.train.objectives import mse
 
 FORCING = ("student", "teacher")
 
@@ -95,10 +96,6 @@ class AdversarialConfig:
     def video_frames(self) -> int:
         """Latent frames of the whole generated video (first frame included)."""
         return 1 + self.segment_frames + self.extensions * (self.segment_frames - self.overlap)
-
-
-def _mse(a, b):
-    return jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
 
 
 def generator_loss(fake_logits, real_logits):
@@ -246,7 +243,7 @@ def adversarial_update(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, 
             return generator_loss(lf, sg(lr)), (frames, lf, lr)
 
         (loss, (frames, lf, lr)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(params["generator"])
-        rollout_mse = _mse(frames, real[:, 1:])
+        rollout_mse = mse(frames, real[:, 1:])
         fakes.append(sg(jnp.concatenate([real[:, :1], frames], axis=1)))
         fake_controls.append(ctrl)
         g_losses.append(loss)
@@ -266,7 +263,7 @@ def adversarial_update(acfg: AdversarialConfig, g_graphdef, d_graphdef, params, 
             start = init_state(gen, first, text) if state is None else state
             next_state, rolled = rollout_frames(gen, start, noise, ctrl_new, detach_recycled=True)
             if j == 0:  # the one segment that continues its own clip along that clip's path
-                rollout_mse = _mse(rolled, seg.real[0][:, 1:])
+                rollout_mse = mse(rolled, seg.real[0][:, 1:])
 
             # ... and its gradient through the cache from one parallel pass over its frames.
             g_loss = functools.partial(student_generator_loss, g_graphdef, disc, state, first, context, noise,

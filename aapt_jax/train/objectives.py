@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from aapt_jax.model import flow
 
 
-def _mse(a, b):
+def mse(a, b):
+    """Mean squared difference in float32 (the stages' regression losses and metrics)."""
     return jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
 
 
@@ -31,7 +32,7 @@ def base_flow_loss(model, latents, text, key, *, shift: float):
     t = flow.sample_t(k_t, latents.shape[0], shift)
     eps = jax.random.normal(k_eps, latents.shape, latents.dtype)
     v = model(flow.noisy(latents, eps, t), 1000.0 * t, text)
-    loss = _mse(v, eps - latents)
+    loss = mse(v, eps - latents)
     return loss, {"loss": loss, "t_mean": t.mean()}
 
 
@@ -47,7 +48,7 @@ def adaptation_loss(model, latents, text, controls, key, *, shift: float):
     t = flow.sample_t(k_t, x0.shape[0], shift)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     v = model(flow.noisy(x0, eps, t), 1000.0 * t, text, recycled=recycled, control=controls)
-    loss = _mse(v, eps - x0)
+    loss = mse(v, eps - x0)
     return loss, {"loss": loss, "t_mean": t.mean()}
 
 
@@ -73,5 +74,5 @@ def consistency_loss(student, teacher, latents, text, controls, key, *, num_step
     x_prev = x_n + (t_prev - t_n).reshape(-1, 1, 1, 1, 1) * v_teacher
     target = jax.lax.stop_gradient(consistency_fn(student, x_prev, t_prev, text, recycled, controls))
     pred = consistency_fn(student, x_n, t_n, text, recycled, controls)
-    loss = _mse(pred, target)
+    loss = mse(pred, target)
     return loss, {"loss": loss, "t_mean": t_n.mean()}
